@@ -1,0 +1,47 @@
+from setuptools import find_packages, setup
+
+TRAIN = [
+    "open-clip-torch>=2.24",
+    "pillow>=9.0",
+    "matplotlib>=3.7",
+]
+QDRANT = [
+    "qdrant-client>=1.12",
+    "qdrant-edge-py>=0.9",
+]
+DEV = TRAIN + QDRANT + [
+    "pytest>=7.4",
+    "pytest-timeout>=2.1",
+    "hypothesis>=6.80",
+    "pytrec-eval-terrier>=0.5.6",
+]
+
+setup(
+    name="gcl",
+    version="0.1.0",
+    description="Generalized Contrastive Learning: ranking-aware multimodal retrieval, "
+    "from a fused loss kernel to a ranked Qdrant search",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["gcl_kernels*", "gcl_train*", "qdrant_plugin*"]),
+    install_requires=[
+        "torch>=2.1",
+        "numpy>=1.24",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        # Triton ships with Linux CUDA wheels of torch; listed for other installs.
+        "triton": ["triton>=3.0"],
+        "train": TRAIN,
+        "qdrant": QDRANT,
+        "all": TRAIN + QDRANT,
+        "dev": DEV,
+    },
+    entry_points={
+        "console_scripts": [
+            "gcl-eval=gcl_train.cli_eval:main",
+            "gcl-qdrant=qdrant_plugin.cli:main",
+        ],
+    },
+)

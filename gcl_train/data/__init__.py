@@ -1,0 +1,46 @@
+"""The MarqoGS-10M data layer: streaming readers, field specs, a synthetic twin.
+
+    from gcl_train.data import MarqoGSDataset, FieldSpec, iter_pairs, iter_corpus
+    from gcl_train.data.synthetic import write_dataset
+
+See `marqo_gs` for exactly what is read from each file and `fields` for field specs.
+"""
+from .errors import DataFormatError
+from .fields import (
+    DEFAULT_LEFT,
+    DEFAULT_RIGHT,
+    FieldSpec,
+    FieldSpecs,
+    check_field_specs,
+    fuse_embeddings,
+    is_missing,
+    parse_field_specs,
+    renormalized_weights,
+)
+from .marqo_gs import (
+    CSV_COLUMNS,
+    QUERY_KEY_SEPARATOR,
+    SPLIT_ALIASES,
+    SPLIT_CORPUS,
+    SPLIT_NAMES,
+    SPLITS,
+    SUBSETS,
+    MarqoGSDataset,
+    PairRecord,
+    ReadStats,
+    iter_corpus,
+    iter_pairs,
+    query_key,
+    read_ground_truth,
+    read_queries,
+    resolve_split,
+    split_query_key,
+)
+
+__all__ = [
+    "CSV_COLUMNS", "DEFAULT_LEFT", "DEFAULT_RIGHT", "DataFormatError", "FieldSpec", "FieldSpecs",
+    "MarqoGSDataset", "PairRecord", "QUERY_KEY_SEPARATOR", "ReadStats", "SPLITS", "SPLIT_ALIASES",
+    "SPLIT_CORPUS", "SPLIT_NAMES", "SUBSETS", "check_field_specs", "fuse_embeddings", "is_missing",
+    "iter_corpus", "iter_pairs", "parse_field_specs", "query_key", "read_ground_truth", "read_queries",
+    "renormalized_weights", "resolve_split", "split_query_key",
+]

@@ -1,0 +1,594 @@
+"""Streaming readers for the MarqoGS-10M layout (GCL_SPEC section 4).
+
+    <root>/                      marqo_gs_full_10m, marqo_gs_fashion_5m or marqo_gs_wfash_1m
+      corpus_1.json, corpus_2.json
+      query_{0,1}_product_id_{0,1}.csv
+      query_{0,1}_product_id_{0,1}_gt_dev.json, ..._gt_test.json, ..._queries.json
+
+What is read, exactly:
+
+* Split CSV (`<split>.csv`, or `.csv.gz`): RFC-4180 CSV with a header row, read with the
+  `csv` module one record at a time (titles may hold commas, quotes and newlines). The
+  header must name `query` and `product_id`; every other column is optional. Known
+  columns are typed: `position` int; `score_linear`, `score_reciprocal`, `no_score`
+  float; `query_id`, `pair_id`, `title`, `image_local` text; `image` text (a path, a
+  base64 `data:` URI) or bytes. Unknown columns land in `PairRecord.extra`. A Hugging
+  Face copy in parquet (`<split>.parquet`, needs `pyarrow`) yields the same records with
+  `image` as bytes (its `{"bytes", "path"}` struct is unpacked).
+* Corpus (`corpus_N.json`): streamed member by member. Accepted shapes: an object
+  `{product_id: {field: value, ...}}` (the reference evaluation's `doc_meta`, and what
+  `synthetic.write_dataset` writes), an array of objects each carrying `product_id` (or
+  `id` / `doc_id`), or JSON lines (`corpus_N.jsonl`) of such objects.
+* Ground truth (`*_gt_dev.json`, `*_gt_test.json`): loaded whole (they hold a few
+  thousand queries). Accepted shapes: `{query: {product_id: relevance}}` (the reference
+  `gt_results.json`; what the synthetic writer writes), `{query: [[product_id, rel], ...]}`,
+  `{query: [product_id, ...]}` (relevance 1 each), or an array of records
+  `{query, product_id, relevance | rel | score | score_linear}`. Relevances are rounded
+  to int and must be >= 0. Query keys written by the reference evaluation end in its
+  separator `_{!@#~}_`; a single trailing separator is stripped so keys are the query text.
+* Queries (`*_queries.json`): a list of strings, a list of objects with `query`, an
+  object `{id: query_text}` (string values), or an object keyed by query text.
+
+Malformed files raise `DataFormatError` naming the file and line. A CSV row whose required
+field is missing is counted in `ReadStats` (reason and first line numbers) and skipped,
+never silently; `on_missing="raise"` turns that into an error instead.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import logging
+import os
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+from .errors import DataFormatError
+from .fields import FieldSpec, is_missing
+from .jsonstream import iter_json_lines, iter_json_members, open_text
+
+log = logging.getLogger(__name__)
+
+#: The four splits, in the paper's order: in-domain, novel query, novel corpus, zero-shot.
+SPLITS = ("query_0_product_id_0", "query_1_product_id_0", "query_0_product_id_1", "query_1_product_id_1")
+SPLIT_ALIASES = {
+    "in_domain": SPLITS[0],
+    "novel_query": SPLITS[1],
+    "novel_corpus": SPLITS[2],
+    "zero_shot": SPLITS[3],
+}
+SPLIT_NAMES = {v: k for k, v in SPLIT_ALIASES.items()}
+#: Which corpus each split searches.
+SPLIT_CORPUS = {SPLITS[0]: "corpus_1", SPLITS[1]: "corpus_1", SPLITS[2]: "corpus_2", SPLITS[3]: "corpus_2"}
+SUBSETS = ("marqo_gs_full_10m", "marqo_gs_fashion_5m", "marqo_gs_wfash_1m")
+CSV_COLUMNS = (
+    "query", "product_id", "position", "title", "image_local",
+    "score_linear", "score_reciprocal", "no_score", "query_id", "pair_id",
+)
+#: The reference evaluation joins left-key values with this separator to make query keys.
+QUERY_KEY_SEPARATOR = "_{!@#~}_"
+
+_INT_COLS = ("position",)
+_FLOAT_COLS = ("score_linear", "score_reciprocal", "no_score")
+_TEXT_COLS = ("query", "product_id", "title", "image_local", "query_id", "pair_id")
+_CORPUS_ID_KEYS = ("product_id", "id", "doc_id")
+_GT_REL_KEYS = ("relevance", "rel", "score", "score_linear")
+
+# a title field can legitimately exceed csv's default 128 KiB limit in scraped data
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+def resolve_split(split: str) -> str:
+    """Canonical split name for a split name or alias ("in_domain", "novel_query", ...)."""
+    if split in SPLITS:
+        return split
+    if split in SPLIT_ALIASES:
+        return SPLIT_ALIASES[split]
+    raise ValueError(f"split: expected one of {SPLITS} or aliases {tuple(SPLIT_ALIASES)}, got {split!r}")
+
+
+def query_key(values: Sequence[str]) -> str:
+    """The key of a query: its text for one left field, else the reference's joined key."""
+    values = [str(v) for v in values]
+    if len(values) == 1:
+        return values[0]
+    return "".join(v + QUERY_KEY_SEPARATOR for v in values)
+
+
+def split_query_key(key: str, n_fields: int) -> List[str]:
+    """Inverse of `query_key` for `n_fields` left fields."""
+    if n_fields == 1:
+        return [key]
+    parts = key.split(QUERY_KEY_SEPARATOR)
+    if parts and parts[-1] == "":
+        parts = parts[:-1]
+    if len(parts) != n_fields:
+        raise ValueError(f"query key {key!r}: expected {n_fields} fields joined by {QUERY_KEY_SEPARATOR!r}")
+    return parts
+
+
+def _normalize_query_key(key: str) -> str:
+    if key.endswith(QUERY_KEY_SEPARATOR) and key.count(QUERY_KEY_SEPARATOR) == 1:
+        return key[: -len(QUERY_KEY_SEPARATOR)]
+    return key
+
+
+@dataclass
+class PairRecord:
+    """One (query, product) row of a split file; absent cells are None."""
+
+    query: str
+    product_id: str
+    position: Optional[int] = None
+    title: Optional[str] = None
+    image_local: Optional[str] = None
+    image: Any = None
+    score_linear: Optional[float] = None
+    score_reciprocal: Optional[float] = None
+    no_score: Optional[float] = None
+    query_id: Optional[str] = None
+    pair_id: Optional[str] = None
+    line: int = 0
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def get(self, key: str, default=None):
+        """The value of a column by name (known or extra)."""
+        if key in self.__dataclass_fields__ and key not in ("extra", "line"):
+            v = getattr(self, key)
+            return default if v is None else v
+        return self.extra.get(key, default)
+
+
+@dataclass
+class ReadStats:
+    """What a streaming read saw: rows, rows left out and why, optional fields missing."""
+
+    path: str = ""
+    rows: int = 0
+    yielded: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    missing: Counter = field(default_factory=Counter)
+    examples: Dict[str, List[int]] = field(default_factory=dict)
+
+    def note_skip(self, reason: str, line: int) -> None:
+        self.skipped[reason] += 1
+        ex = self.examples.setdefault(reason, [])
+        if len(ex) < 5:
+            ex.append(line)
+
+    @property
+    def n_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    def summary(self) -> str:
+        """One human-readable paragraph."""
+        parts = [f"{self.path}: {self.rows} rows read, {self.yielded} used, {self.n_skipped} left out"]
+        for reason, n in self.skipped.most_common():
+            parts.append(f"  left out {n} rows: {reason} (first at lines {self.examples.get(reason)})")
+        for key, n in self.missing.most_common():
+            parts.append(f"  {n} rows without optional field {key!r} (weight 0, others renormalised)")
+        return "\n".join(parts)
+
+
+def _parse_number(path, line, col, text, kind):
+    t = text.strip()
+    if t == "" or t.lower() in ("nan", "none", "null"):
+        return None
+    try:
+        v = float(t)
+    except ValueError:
+        raise DataFormatError(path, line, f"column {col!r}: expected a number, got {text!r}") from None
+    if kind is int:
+        if not v.is_integer():
+            raise DataFormatError(path, line, f"column {col!r}: expected an integer, got {text!r}")
+        return int(v)
+    return v
+
+
+def _decode_image_cell(value):
+    if isinstance(value, dict):
+        b = value.get("bytes")
+        return b if b else value.get("path")
+    return value
+
+
+def _make_record(path, line, row: Mapping[str, Any]) -> PairRecord:
+    kw: Dict[str, Any] = {}
+    extra: Dict[str, Any] = {}
+    for col, val in row.items():
+        if col in _INT_COLS or col in _FLOAT_COLS:
+            if val is None or isinstance(val, (int, float)):
+                num = val
+                if isinstance(val, float) and val != val:
+                    num = None
+                if col in _INT_COLS and num is not None:
+                    if float(num) != int(num):
+                        raise DataFormatError(path, line, f"column {col!r}: expected an integer, got {val!r}")
+                    num = int(num)
+                kw[col] = num
+            else:
+                kw[col] = _parse_number(path, line, col, str(val), int if col in _INT_COLS else float)
+        elif col in _TEXT_COLS:
+            kw[col] = None if is_missing(val) else str(val)
+        elif col == "image":
+            val = _decode_image_cell(val)
+            kw[col] = None if is_missing(val) else val
+        else:
+            extra[col] = val
+    return PairRecord(line=line, extra=extra, **kw)
+
+
+def _check_required(rec: PairRecord, required: Sequence[str], stats: ReadStats, on_missing: str, path) -> bool:
+    for key in required:
+        if is_missing(rec.get(key)):
+            reason = f"missing required field {key!r}"
+            if on_missing == "raise":
+                raise DataFormatError(path, rec.line, reason)
+            stats.note_skip(reason, rec.line)
+            return False
+    return True
+
+
+def iter_pairs(
+    path: str,
+    required: Sequence[str] = ("query", "product_id"),
+    optional: Sequence[str] = (),
+    stats: Optional[ReadStats] = None,
+    on_missing: str = "skip",
+) -> Iterator[PairRecord]:
+    """Stream the rows of a split file as `PairRecord`s, one at a time.
+
+    Args:
+        path: a split CSV (`.csv` or `.csv.gz`) or, with pyarrow installed, `.parquet`.
+        required: columns that must be present in every row; a row missing one is
+            counted in `stats` and skipped (or raises, with on_missing="raise").
+        optional: columns whose absence is only counted (e.g. "title", "image_local").
+        stats: filled while reading (rows, skipped with reasons and lines, missing).
+        on_missing: "skip" (count and leave out) or "raise".
+
+    Raises:
+        DataFormatError (file and line) for an empty file, a header without `query` /
+        `product_id`, a row with the wrong number of cells, an unparsable number, a
+        broken quote or invalid UTF-8. FileNotFoundError for a missing file.
+
+    Example:
+        >>> # for rec in iter_pairs("marqo_gs_wfash_1m/query_0_product_id_0.csv"): rec.score_linear
+    """
+    if on_missing not in ("skip", "raise"):
+        raise ValueError(f"on_missing: expected 'skip' or 'raise', got {on_missing!r}")
+    if stats is None:
+        stats = ReadStats()
+    stats.path = str(path)
+    path = str(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"split file not found: {path}")
+    if path.endswith(".parquet"):
+        yield from _iter_parquet(path, required, optional, stats, on_missing)
+        return
+    with open_text(path) as f:
+        reader = csv.reader(f, strict=True)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise DataFormatError(path, 1, "empty file, expected a CSV header row") from None
+        except (csv.Error, UnicodeDecodeError) as e:
+            raise DataFormatError(path, 1, f"unreadable CSV header ({e})") from None
+        header = [h.strip() for h in header]
+        if header and header[0].startswith("\ufeff"):
+            header[0] = header[0][1:]
+        for col in ("query", "product_id") + tuple(required):
+            if col not in header:
+                raise DataFormatError(path, 1, f"header has no {col!r} column; columns are {header}")
+        dupes = [h for h, n in Counter(header).items() if n > 1]
+        if dupes:
+            raise DataFormatError(path, 1, f"duplicate column names {dupes}")
+        ncol = len(header)
+        prev_line = reader.line_num
+        while True:
+            try:
+                cells = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as e:
+                raise DataFormatError(path, prev_line + 1, f"malformed CSV ({e})") from None
+            except UnicodeDecodeError as e:
+                raise DataFormatError(path, prev_line + 1, f"not valid UTF-8 ({e})") from None
+            line = prev_line + 1
+            prev_line = reader.line_num
+            if not cells:
+                continue  # blank line
+            stats.rows += 1
+            if len(cells) != ncol:
+                raise DataFormatError(path, line, f"expected {ncol} cells (one per header column), got {len(cells)}")
+            rec = _make_record(path, line, dict(zip(header, cells)))
+            if rec.image is not None and isinstance(rec.image, str) and rec.image.startswith("data:"):
+                rec.image = _decode_data_uri(path, line, rec.image)
+            if not _check_required(rec, required, stats, on_missing, path):
+                continue
+            for key in optional:
+                if is_missing(rec.get(key)):
+                    stats.missing[key] += 1
+            stats.yielded += 1
+            yield rec
+    if stats.n_skipped:
+        log.warning("%s", stats.summary())
+
+
+def _decode_data_uri(path, line, uri: str) -> bytes:
+    head, _, payload = uri.partition(",")
+    if ";base64" not in head:
+        raise DataFormatError(path, line, "column 'image': only base64 data: URIs are supported")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except ValueError as e:
+        raise DataFormatError(path, line, f"column 'image': invalid base64 ({e})") from None
+
+
+def _iter_parquet(path, required, optional, stats, on_missing):
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ImportError(f"reading {path} needs pyarrow (pip install pyarrow)") from None
+    pf = pq.ParquetFile(path)
+    names = pf.schema_arrow.names
+    for col in ("query", "product_id") + tuple(required):
+        if col not in names:
+            raise DataFormatError(path, 0, f"parquet schema has no {col!r} column; columns are {names}")
+    line = 0
+    for batch in pf.iter_batches(batch_size=4096):
+        for row in batch.to_pylist():
+            line += 1  # the row number stands in for a line
+            stats.rows += 1
+            rec = _make_record(path, line, row)
+            if not _check_required(rec, required, stats, on_missing, path):
+                continue
+            for key in optional:
+                if is_missing(rec.get(key)):
+                    stats.missing[key] += 1
+            stats.yielded += 1
+            yield rec
+
+
+def iter_corpus(path: str) -> Iterator[Tuple[str, Dict[str, Any]]]:
+    """Stream (product_id, fields) from a corpus file, one product at a time.
+
+    Accepts `{product_id: {...}}`, `[{"product_id": ..., ...}, ...]` (also `id` /
+    `doc_id`) and JSON lines (`.jsonl`); see the module docstring.
+
+    Raises:
+        DataFormatError naming file and line for malformed JSON, a product that is not an
+        object, a record without an id, or a duplicate product id.
+
+    Example:
+        >>> # ids = [pid for pid, doc in iter_corpus("corpus_1.json")]
+    """
+    path = str(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"corpus file not found: {path}")
+    seen = set()
+    if path.endswith((".jsonl", ".jsonl.gz")):
+        source = ((None, v, ln) for ln, v in iter_json_lines(path))
+    else:
+        source = iter_json_members(path)
+    for key, value, line in source:
+        if not isinstance(value, dict):
+            raise DataFormatError(path, line, f"expected a product object, got {type(value).__name__}")
+        if isinstance(key, str):
+            pid = key
+        else:
+            pid = next((value[k] for k in _CORPUS_ID_KEYS if k in value and not is_missing(value[k])), None)
+            if pid is None:
+                raise DataFormatError(path, line, f"product record has none of the id keys {_CORPUS_ID_KEYS}")
+            pid = str(pid)
+        if pid in seen:
+            raise DataFormatError(path, line, f"duplicate product id {pid!r}")
+        seen.add(pid)
+        yield pid, value
+
+
+def _rel(path, where, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+        raise DataFormatError(path, 0, f"{where}: expected a numeric relevance, got {v!r}")
+    r = int(round(v))
+    if r < 0:
+        raise DataFormatError(path, 0, f"{where}: expected a relevance >= 0, got {v!r}")
+    return r
+
+
+def read_ground_truth(path: str) -> Dict[str, Dict[str, int]]:
+    """Read a `*_gt_dev.json` / `*_gt_test.json` file as {query: {product_id: relevance}}.
+
+    Accepted shapes are listed in the module docstring; query keys lose the reference
+    evaluation's single trailing `_{!@#~}_`. Order of queries and documents is kept.
+
+    Raises:
+        DataFormatError naming the file (and line for invalid JSON) for any other shape.
+    """
+    path = str(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"ground-truth file not found: {path}")
+    data = _load_json(path)
+    out: Dict[str, Dict[str, int]] = {}
+
+    def add(q, d, r, where):
+        if not isinstance(q, str) or is_missing(q):
+            raise DataFormatError(path, 0, f"{where}: expected a query string, got {q!r}")
+        if is_missing(d) or isinstance(d, (dict, list)):
+            raise DataFormatError(path, 0, f"{where}: expected a product id, got {d!r}")
+        out.setdefault(_normalize_query_key(q), {})[str(d)] = _rel(path, where, r)
+
+    if isinstance(data, dict):
+        for q, docs in data.items():
+            where = f"query {q!r}"
+            if isinstance(docs, dict):
+                for d, r in docs.items():
+                    add(q, d, r, where)
+            elif isinstance(docs, list):
+                for item in docs:
+                    if isinstance(item, (list, tuple)) and len(item) == 2:
+                        add(q, item[0], item[1], where)
+                    elif isinstance(item, (str, int)) and not isinstance(item, bool):
+                        add(q, item, 1, where)
+                    else:
+                        raise DataFormatError(path, 0, f"{where}: expected product ids or [id, relevance] pairs, got {item!r}")
+            else:
+                raise DataFormatError(path, 0, f"{where}: expected an object or a list of products, got {docs!r}")
+            out.setdefault(_normalize_query_key(q), {})
+    elif isinstance(data, list):
+        for i, item in enumerate(data):
+            where = f"record {i}"
+            if not isinstance(item, dict) or "query" not in item:
+                raise DataFormatError(path, 0, f"{where}: expected an object with 'query', got {item!r}")
+            pid = next((item[k] for k in _CORPUS_ID_KEYS if k in item), None)
+            rel = next((item[k] for k in _GT_REL_KEYS if k in item), 1)
+            add(item["query"], pid, rel, where)
+    else:
+        raise DataFormatError(path, 0, f"expected a JSON object or array, got {type(data).__name__}")
+    return out
+
+
+def read_queries(path: str) -> List[str]:
+    """Read a `*_queries.json` file as a list of query strings (shapes in the module docstring)."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"queries file not found: {path}")
+    data = _load_json(path)
+    if isinstance(data, list):
+        out = []
+        for i, item in enumerate(data):
+            if isinstance(item, str):
+                out.append(item)
+            elif isinstance(item, dict) and isinstance(item.get("query"), str):
+                out.append(item["query"])
+            else:
+                raise DataFormatError(path, 0, f"element {i}: expected a string or an object with 'query', got {item!r}")
+        return [_normalize_query_key(q) for q in out]
+    if isinstance(data, dict):
+        if data and all(isinstance(v, str) for v in data.values()):
+            return [_normalize_query_key(v) for v in data.values()]
+        return [_normalize_query_key(str(k)) for k in data]
+    raise DataFormatError(path, 0, f"expected a JSON list or object, got {type(data).__name__}")
+
+
+def _load_json(path: str):
+    try:
+        with open_text(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataFormatError(path, e.lineno, f"invalid JSON: {e.msg} (column {e.colno})") from None
+    except UnicodeDecodeError as e:
+        raise DataFormatError(path, 0, f"not valid UTF-8 ({e})") from None
+
+
+class MarqoGSDataset:
+    """One MarqoGS subset root (e.g. `marqo_gs_wfash_1m/`): paths, streaming readers, images.
+
+    Args:
+        root: the subset directory holding `corpus_*.json` and the split files.
+        image_root: where relative `image_local` paths live (default: `root`; the
+            reference layout keeps images in a sibling folder such as `images_wfash/`).
+
+    Example:
+        >>> # ds = MarqoGSDataset("data/marqo_gs_wfash_1m", image_root="data/images_wfash")
+        >>> # for rec in ds.iter_pairs("in_domain"): ...
+    """
+
+    def __init__(self, root: str, image_root: Optional[str] = None):
+        root = os.fspath(root)
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"root: not a directory: {root}")
+        self.root = root
+        self.image_root = os.fspath(image_root) if image_root is not None else root
+
+    def __repr__(self):
+        return f"MarqoGSDataset(root={self.root!r}, image_root={self.image_root!r})"
+
+    def _first_existing(self, stem: str, exts: Sequence[str]) -> str:
+        for ext in exts:
+            p = os.path.join(self.root, stem + ext)
+            if os.path.isfile(p):
+                return p
+        raise FileNotFoundError(f"none of {[stem + e for e in exts]} in {self.root}")
+
+    def csv_path(self, split: str) -> str:
+        """The split's pair file (`.csv`, `.csv.gz` or `.parquet`)."""
+        return self._first_existing(resolve_split(split), (".csv", ".csv.gz", ".parquet"))
+
+    def corpus_name(self, split: str) -> str:
+        return SPLIT_CORPUS[resolve_split(split)]
+
+    def corpus_path(self, split_or_corpus: str) -> str:
+        """The corpus file a split searches (or of a corpus name such as "corpus_1")."""
+        name = split_or_corpus if split_or_corpus.startswith("corpus_") else self.corpus_name(split_or_corpus)
+        return self._first_existing(name, (".json", ".json.gz", ".jsonl", ".jsonl.gz"))
+
+    def gt_path(self, split: str, which: str = "test") -> str:
+        if which not in ("test", "dev"):
+            raise ValueError(f"which: expected 'test' or 'dev', got {which!r}")
+        return self._first_existing(f"{resolve_split(split)}_gt_{which}", (".json", ".json.gz"))
+
+    def queries_path(self, split: str) -> str:
+        return self._first_existing(f"{resolve_split(split)}_queries", (".json", ".json.gz"))
+
+    def available_splits(self) -> List[str]:
+        """Splits whose pair file exists, in the paper's order."""
+        out = []
+        for s in SPLITS:
+            try:
+                self.csv_path(s)
+                out.append(s)
+            except FileNotFoundError:
+                pass
+        return out
+
+    def iter_pairs(self, split: str, **kwargs) -> Iterator[PairRecord]:
+        """`iter_pairs` over the split's file."""
+        return iter_pairs(self.csv_path(split), **kwargs)
+
+    def iter_corpus(self, split_or_corpus: str) -> Iterator[Tuple[str, Dict[str, Any]]]:
+        """`iter_corpus` over the split's (or named) corpus."""
+        return iter_corpus(self.corpus_path(split_or_corpus))
+
+    def ground_truth(self, split: str, which: str = "test") -> Dict[str, Dict[str, int]]:
+        return read_ground_truth(self.gt_path(split, which))
+
+    def queries(self, split: str) -> List[str]:
+        return read_queries(self.queries_path(split))
+
+    def image_path(self, value: str) -> str:
+        """Absolute path of an `image_local` value (relative to `image_root`)."""
+        return value if os.path.isabs(value) else os.path.join(self.image_root, value)
+
+    def image_available(self, value) -> bool:
+        """Cheap presence check: bytes are present, a path must exist as a file."""
+        value = _decode_image_cell(value)
+        if is_missing(value):
+            return False
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return True
+        if isinstance(value, str):
+            return os.path.isfile(self.image_path(value))
+        return True  # already an image object
+
+    def load_image(self, value):
+        """Open an image lazily: a path (relative to `image_root`), bytes, a HF
+        `{"bytes", "path"}` cell, or a PIL image (returned as is). Converted to RGB.
+
+        Raises:
+            FileNotFoundError / OSError (PIL.UnidentifiedImageError) when unreadable.
+        """
+        from PIL import Image
+
+        value = _decode_image_cell(value)
+        if isinstance(value, Image.Image):
+            return value.convert("RGB")
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            with Image.open(io.BytesIO(bytes(value))) as im:
+                return im.convert("RGB")
+        if isinstance(value, str) and not is_missing(value):
+            with Image.open(self.image_path(value)) as im:
+                return im.convert("RGB")
+        raise FileNotFoundError(f"no image in value {value!r}")

@@ -370,6 +370,35 @@ class _RowWriter:
 # encoding
 # ----------------------------------------------------------------------------------------
 
+class RandomEncoder:
+    """A chance baseline: every distinct value gets its own random unit vector.
+
+    Deterministic for (seed, kind, value); images hash their pixels. Retrieval with it is
+    a uniformly random ranking, so its metrics should match `metrics.chance_metrics`.
+
+    Example:
+        >>> enc = RandomEncoder(dim=8)
+        >>> bool((enc(["a"], "txt") == enc(["a"], "txt")).all()), enc(["a", "b"], "txt").shape
+        (True, (2, 8))
+    """
+
+    def __init__(self, dim: int = 64, seed: int = 0):
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim: expected a positive int, got {dim!r}")
+        self.dim, self.seed = dim, int(seed)
+
+    def __call__(self, values: list, kind: str) -> np.ndarray:
+        import hashlib
+
+        out = np.empty((len(values), self.dim), np.float32)
+        for i, v in enumerate(values):
+            raw = v.encode("utf-8") if isinstance(v, str) else (v.tobytes() if hasattr(v, "tobytes") else repr(v).encode())
+            h = hashlib.blake2b(raw, digest_size=8, key=f"{self.seed}:{kind}".encode()).digest()
+            x = np.random.default_rng(int.from_bytes(h, "little")).standard_normal(self.dim)
+            out[i] = x / np.linalg.norm(x)
+        return out
+
+
 def _call_encoder(encoder: Encoder, values: list, kind: str) -> np.ndarray:
     out = np.asarray(encoder(values, kind), dtype=np.float32)
     if out.ndim != 2 or out.shape[0] != len(values):
@@ -515,11 +544,23 @@ def embed_corpus(
 # retrieval
 # ----------------------------------------------------------------------------------------
 
+def _topk_rows(s: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Row-wise top k of a score matrix, sorted descending (ties: lower column first)."""
+    if k < s.shape[1]:
+        idx = np.argpartition(-s, k - 1, axis=1)[:, :k]
+    else:
+        idx = np.broadcast_to(np.arange(s.shape[1]), s.shape).copy()
+    vals = np.take_along_axis(s, idx, axis=1)
+    # lexsort: by score descending, then column ascending, so equal scores order deterministically
+    order = np.lexsort((idx, -vals), axis=1)
+    return np.take_along_axis(vals, order, axis=1), np.take_along_axis(idx, order, axis=1)
+
+
 class ExactRetriever:
     """Exact inner-product top-k over a corpus, in blocks (bounded memory).
 
     Memory beyond the corpus: O(query_block * (doc_block + 2k)) scores. Vectors should be
-    unit rows (cosine similarity). Uses torch matmul / topk on `device`.
+    unit rows (cosine similarity). numpy on the CPU; `device="cuda"` uses torch there.
 
     Example:
         >>> r = ExactRetriever(["a", "b"], np.eye(2, dtype=np.float32))
@@ -531,12 +572,18 @@ class ExactRetriever:
                  doc_block: int = 65536, device: str = "cpu", progress: bool = False):
         if len(doc_ids) != doc_vectors.shape[0]:
             raise ValueError(f"doc_vectors: expected {len(doc_ids)} rows (one per id), got {doc_vectors.shape[0]}")
+        for name, v in (("query_block", query_block), ("doc_block", doc_block)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}: expected a positive int, got {v!r}")
         self.doc_ids = list(doc_ids)
         self.doc_vectors = doc_vectors
         self.query_block = query_block
         self.doc_block = doc_block
-        self.device = device
+        self.device = str(device)
         self.progress = progress
+
+    def _doc_block(self, ds: int) -> np.ndarray:
+        return np.array(self.doc_vectors[ds: ds + self.doc_block], dtype=np.float32, copy=True)
 
     def search(self, query_vectors: np.ndarray, k: int) -> Tuple[List[List[str]], np.ndarray]:
         """Top-k doc ids and scores per query (k capped at the corpus size).
@@ -544,7 +591,6 @@ class ExactRetriever:
         Shape:
             query_vectors [Q, D]; returns Q lists of k ids and scores [Q, k] float32.
         """
-        import torch
         from tqdm.auto import tqdm
 
         q = np.asarray(query_vectors, dtype=np.float32)
@@ -554,43 +600,57 @@ class ExactRetriever:
         k = min(int(k), n)
         if k == 0 or q.shape[0] == 0:
             return [[] for _ in range(q.shape[0])], np.zeros((q.shape[0], 0), np.float32)
+        if self.device != "cpu":
+            all_s, all_i = self._search_torch(q, k)
+        else:
+            all_s = np.empty((q.shape[0], k), np.float32)
+            all_i = np.empty((q.shape[0], k), np.int64)
+            n_qb = math.ceil(q.shape[0] / self.query_block)
+            n_db = math.ceil(n / self.doc_block)
+            single = self._doc_block(0) if n_db == 1 else None
+            bar = tqdm(total=n_qb * n_db, desc="retrieve", unit="block", disable=not self.progress)
+            for qs in range(0, q.shape[0], self.query_block):
+                qb = q[qs: qs + self.query_block]
+                best_s = best_i = None
+                for ds in range(0, n, self.doc_block):
+                    block = single if single is not None else self._doc_block(ds)
+                    ts, ti = _topk_rows(qb @ block.T, k)
+                    ti += ds
+                    if best_s is None:
+                        best_s, best_i = ts, ti
+                    else:
+                        best_s, pos = _topk_rows(np.concatenate([best_s, ts], axis=1), k)
+                        best_i = np.take_along_axis(np.concatenate([best_i, ti], axis=1), pos, axis=1)
+                    bar.update(1)
+                all_s[qs: qs + len(qb)] = best_s
+                all_i[qs: qs + len(qb)] = best_i
+            bar.close()
+        ids = [[self.doc_ids[j] for j in row] for row in all_i.tolist()]
+        return ids, all_s
+
+    def _search_torch(self, q: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        dev = torch.device(self.device)
+        n = len(self.doc_ids)
         all_s = np.empty((q.shape[0], k), np.float32)
         all_i = np.empty((q.shape[0], k), np.int64)
-        n_qb = math.ceil(q.shape[0] / self.query_block)
-        n_db = math.ceil(n / self.doc_block)
-        dev = torch.device(self.device)
-        cached_docs = None
-        if n_qb > 1 and n_db == 1:
-            cached_docs = torch.from_numpy(np.ascontiguousarray(self.doc_vectors[:], dtype=np.float32)).to(dev)
-        bar = tqdm(total=n_qb * n_db, desc="retrieve", unit="block", disable=not self.progress)
         with torch.no_grad():
             for qs in range(0, q.shape[0], self.query_block):
                 qt = torch.from_numpy(q[qs: qs + self.query_block]).to(dev)
                 best_s = best_i = None
                 for ds in range(0, n, self.doc_block):
-                    if cached_docs is not None:
-                        dt = cached_docs
-                    else:
-                        dt = torch.from_numpy(
-                            np.ascontiguousarray(self.doc_vectors[ds: ds + self.doc_block], dtype=np.float32)
-                        ).to(dev)
-                    s = qt @ dt.T
-                    kk = min(k, s.shape[1])
-                    ts, ti = torch.topk(s, kk, dim=1)
+                    dt = torch.from_numpy(self._doc_block(ds)).to(dev)
+                    ts, ti = torch.topk(qt @ dt.T, min(k, dt.shape[0]), dim=1)
                     ti = ti + ds
                     if best_s is None:
                         best_s, best_i = ts, ti
                     else:
-                        cs = torch.cat([best_s, ts], dim=1)
-                        ci = torch.cat([best_i, ti], dim=1)
-                        best_s, pos = torch.topk(cs, k, dim=1)
-                        best_i = torch.gather(ci, 1, pos)
-                    bar.update(1)
-                all_s[qs: qs + self.query_block] = best_s.cpu().numpy()
-                all_i[qs: qs + self.query_block] = best_i.cpu().numpy()
-        bar.close()
-        ids = [[self.doc_ids[j] for j in row] for row in all_i.tolist()]
-        return ids, all_s
+                        best_s, pos = torch.topk(torch.cat([best_s, ts], 1), k, dim=1)
+                        best_i = torch.gather(torch.cat([best_i, ti], 1), 1, pos)
+                all_s[qs: qs + qt.shape[0]] = best_s.cpu().numpy()
+                all_i[qs: qs + qt.shape[0]] = best_i.cpu().numpy()
+        return all_s, all_i
 
 
 def _search(retriever, query_vectors: np.ndarray, k: int):
@@ -759,7 +819,7 @@ def evaluate_split(
     retriever=None,
     out_dir: Optional[str] = None,
     progress: bool = True,
-    _cache: Optional[Dict[str, EmbeddingTable]] = None,
+    _cache: Optional[Dict[str, Tuple[EmbeddingTable, Counter]]] = None,
 ) -> SplitResult:
     """Run the protocol on one split and return its metrics (writes nothing but caches).
 
@@ -812,23 +872,26 @@ def evaluate_split(
         notes.append(f"{int((~q_ok).sum())} queries had no usable field and retrieved nothing")
 
     # corpus
+    for what, n in sorted(counts.items()):
+        notes.append(f"queries: {n} x {what}")
+    doc_counts: Counter = Counter()
     if corpus in tables:
         table = tables[corpus]
     elif corpus in cache:
-        table = cache[corpus]
+        table, doc_counts = cache[corpus]
     else:
         if encoder is None:
             raise ValueError(f"encoder: needed to embed {corpus} (no {corpus!r} table in embeddings)")
         emb_dir = os.path.join(out_dir, "embeddings") if out_dir else None
         table = embed_corpus(ds, corpus, encoder, config.right, config.batch_size, config.check_images,
-                             emb_dir, config.dtype, progress, counts)
-        cache[corpus] = table
-    n_unusable = counts.get("unusable documents", 0)
-    for what, n in sorted(counts.items()):
+                             emb_dir, config.dtype, progress, doc_counts)
+        cache[corpus] = (table, doc_counts)
+    n_unusable = doc_counts.get("unusable documents", 0)
+    for what, n in sorted(doc_counts.items()):
         if what != "unusable documents" and n:
-            notes.append(f"{n} x {what}")
+            notes.append(f"{corpus}: {n} x {what}")
     if n_unusable:
-        notes.append(f"{n_unusable} documents had no usable field and were left out of the index")
+        notes.append(f"{corpus}: {n_unusable} documents had no usable field and were left out of the index")
 
     # retrieval
     if retriever is None:
@@ -898,12 +961,12 @@ def evaluate(
     else:
         split_list = [resolve_split(s) for s in ([splits] if isinstance(splits, str) else splits)]
     tables = _as_tables(embeddings)
-    cache: Dict[str, EmbeddingTable] = {}
+    cache: Dict[str, Tuple[EmbeddingTable, Counter]] = {}
     if out_dir and resume:
         emb_dir = os.path.join(out_dir, "embeddings")
         for c in ("corpus_1", "corpus_2"):
             if c not in tables and os.path.isfile(os.path.join(emb_dir, c + ".npy")):
-                cache[c] = EmbeddingTable.load(emb_dir, c)
+                cache[c] = (EmbeddingTable.load(emb_dir, c), Counter())
     results: Dict[str, SplitResult] = {}
     cfg_dict = config.to_dict()
     for split in tqdm(split_list, desc="splits", unit="split", disable=not progress or len(split_list) < 2):

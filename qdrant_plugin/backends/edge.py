@@ -1,0 +1,223 @@
+"""The embedded backend: the real Qdrant engine in process, through ``qdrant-edge-py``.
+
+Layout of a collection under the store directory ``location``::
+
+    <location>/<collection>/gcl_schema.json   the schema (written first, atomically)
+    <location>/<collection>/shard/            the Qdrant Edge shard (WAL + segments)
+    <location>/<collection>/.lock             flock held while the collection is open
+
+Durability: every update goes through the shard's write-ahead log; ``flush()`` persists
+segments and ``close()`` flushes. One open handle per collection: a second open (same
+process or another) gets :class:`StoreLockedError` instead of the engine's WAL error.
+Vectors are indexed when ``optimize()`` runs (Qdrant Edge runs no background optimizer);
+until then a search is an exact scan, so it is correct, only slower.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from .._io import DirLock, atomic_write_json, read_json
+from ..errors import ForeignCollectionError, SchemaMismatchError
+from ..filters import to_edge_filter
+from ..schema import IndexSchema
+from .base import PAYLOAD_INDEX_KINDS, Backend, RawHits, RawRecord
+
+SCHEMA_FILE = "gcl_schema.json"
+SHARD_DIR = "shard"
+_COLLECTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+# Vectors below this many KB per segment are not worth a graph; 10 MB is Qdrant's default.
+INDEXING_THRESHOLD_KB = 10_000
+
+
+def check_collection_name(collection: Any) -> str:
+    if not isinstance(collection, str) or not _COLLECTION_RE.match(collection) or collection in (".", ".."):
+        raise ValueError(
+            f"collection: expected a name of letters, digits, '_', '.', '-' (no path separators), "
+            f"got {collection!r}"
+        )
+    return collection
+
+
+def _qe():
+    try:
+        import qdrant_edge
+    except ImportError as e:  # pragma: no cover - the extra is installed in CI
+        raise ImportError(
+            "the embedded store needs qdrant-edge-py: pip install 'gcl[qdrant]'"
+        ) from e
+    return qdrant_edge
+
+
+def edge_config(schema: IndexSchema) -> Any:
+    qe = _qe()
+    graph = qe.HnswIndexConfig(
+        m=schema.hnsw_m, ef_construct=schema.hnsw_ef_construct, full_scan_threshold=INDEXING_THRESHOLD_KB
+    )
+    # m=0 keeps a vector out of the graph build: searched by an exact scan instead.
+    no_graph = qe.HnswIndexConfig(
+        m=0, ef_construct=schema.hnsw_ef_construct, full_scan_threshold=INDEXING_THRESHOLD_KB
+    )
+    vectors = {}
+    for name, dim in schema.vector_dims().items():
+        graphed = name == schema.main_vector or schema.index_fields
+        vectors[name] = qe.EdgeVectorParams(
+            size=dim, distance=qe.Distance.Dot, hnsw_config=None if graphed else no_graph
+        )
+    return qe.EdgeConfig(
+        vectors=vectors,
+        hnsw_config=graph,
+        optimizers=qe.EdgeOptimizersConfig(
+            default_segment_number=1, indexing_threshold=INDEXING_THRESHOLD_KB
+        ),
+    )
+
+
+class EdgeBackend(Backend):
+    kind = "edge"
+
+    def __init__(self, location: str, collection: str):
+        self.location = os.path.abspath(os.path.expanduser(os.fspath(location)))
+        self.collection = check_collection_name(collection)
+        if os.path.exists(self.location) and not os.path.isdir(self.location):
+            raise ValueError(f"location: {location!r} exists and is not a directory")
+        self.root = os.path.join(self.location, self.collection)
+        self.schema_path = os.path.join(self.root, SCHEMA_FILE)
+        self.shard_path = os.path.join(self.root, SHARD_DIR)
+        self._lock: Optional[DirLock] = None
+        self._shard = None
+
+    def describe(self) -> str:
+        return f"embedded store {self.root}"
+
+    def _acquire(self) -> None:
+        if self._lock is None:
+            os.makedirs(self.root, exist_ok=True)
+            self._lock = DirLock(self.root, f"collection {self.collection!r} in {self.location}")
+
+    def read_schema(self) -> Optional[IndexSchema]:
+        if not os.path.isdir(self.root):
+            return None
+        self._acquire()
+        obj = read_json(self.schema_path)
+        if obj is None:
+            if os.path.isdir(self.shard_path) and os.listdir(self.shard_path):
+                raise ForeignCollectionError(
+                    f"{self.root} holds Qdrant data without a {SCHEMA_FILE}: not created by this "
+                    f"plugin, refusing to use or overwrite it"
+                )
+            return None
+        if not isinstance(obj, dict):
+            raise SchemaMismatchError(f"{self.schema_path}: expected a JSON object")
+        return IndexSchema.from_json(obj, where=self.schema_path)
+
+    def create(self, schema: IndexSchema) -> None:
+        self._acquire()
+        qe = _qe()
+        # Schema first: a crash after it but before the shard leaves a schema with no
+        # shard, which open() completes; the reverse would leave anonymous data.
+        atomic_write_json(self.schema_path, schema.to_json())
+        self._shard = qe.EdgeShard.create(self.shard_path, edge_config(schema))
+
+    def open(self, schema: IndexSchema) -> None:
+        self._acquire()
+        qe = _qe()
+        if not os.path.isdir(os.path.join(self.shard_path, "segments")):
+            self._shard = qe.EdgeShard.create(self.shard_path, edge_config(schema))
+            return
+        try:
+            # Passing the config makes the engine check it against the segments on disk.
+            self._shard = qe.EdgeShard.load(self.shard_path, edge_config(schema))
+        except Exception as e:
+            msg = str(e)
+            if "incompatible" in msg.lower():
+                raise SchemaMismatchError(
+                    f"{self.root}: the shard on disk does not match {SCHEMA_FILE}: {msg}"
+                ) from None
+            raise RuntimeError(f"could not open {self.describe()}: {msg}") from None
+
+    @property
+    def shard(self):
+        if self._shard is None:
+            raise RuntimeError(f"{self.describe()} is closed")
+        return self._shard
+
+    def upsert(self, point_ids, vectors, present, payloads) -> None:
+        qe = _qe()
+        names = list(vectors)
+        rows = {n: vectors[n].tolist() for n in names}
+        pts = []
+        for i, pid in enumerate(point_ids):
+            vec = {n: rows[n][i] for n in names if present[n] is None or present[n][i]}
+            pts.append(qe.Point(pid, vec, payloads[i]))
+        self.shard.update(qe.UpdateOperation.upsert_points(pts))
+
+    def query(self, using, vectors, limit, flt, exact, ef) -> RawHits:
+        qe = _qe()
+        ef_filter = to_edge_filter(flt)
+        params = qe.SearchParams(hnsw_ef=ef, exact=bool(exact))
+        reqs = [
+            qe.QueryRequest(
+                limit=limit,
+                query=qe.Query.Nearest(row, using=using),
+                filter=ef_filter,
+                params=params,
+                with_payload=True,
+                with_vector=False,
+            )
+            for row in np.asarray(vectors, dtype=np.float32).tolist()
+        ]
+        if len(reqs) == 1:
+            results = [self.shard.query(reqs[0])]
+        else:
+            results = self.shard.query_batch(qe.QueryBatchRequest(reqs))
+        return [[(str(p.id), float(p.score), dict(p.payload or {})) for p in res] for res in results]
+
+    def count(self, flt=None) -> int:
+        qe = _qe()
+        return int(self.shard.count(qe.CountRequest(exact=True, filter=to_edge_filter(flt))))
+
+    def delete(self, point_ids) -> None:
+        qe = _qe()
+        self.shard.update(qe.UpdateOperation.delete_points(list(point_ids)))
+
+    def retrieve(self, point_ids, with_vectors) -> List[RawRecord]:
+        recs = self.shard.retrieve(list(point_ids), with_payload=True, with_vector=bool(with_vectors))
+        out = []
+        for r in recs:
+            vecs = None
+            if with_vectors:
+                vecs = {k: np.asarray(v, dtype=np.float32) for k, v in (r.vector or {}).items()}
+            out.append(RawRecord(str(r.id), dict(r.payload or {}), vecs))
+        return out
+
+    def create_payload_index(self, key, kind) -> None:
+        qe = _qe()
+        types = {
+            "keyword": qe.PayloadSchemaType.Keyword,
+            "integer": qe.PayloadSchemaType.Integer,
+            "float": qe.PayloadSchemaType.Float,
+            "bool": qe.PayloadSchemaType.Bool,
+        }
+        self.shard.update(qe.UpdateOperation.create_field_index(key, types[kind]))
+
+    def optimize(self) -> None:
+        self.shard.optimize()
+
+    def flush(self) -> None:
+        self.shard.flush()
+
+    def close(self) -> None:
+        try:
+            if self._shard is not None:
+                self._shard.close()
+        finally:
+            self._shard = None
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None

@@ -1,0 +1,357 @@
+"""Argument checking and vector construction, shared by every backend.
+
+All vectors are L2-normalised on the way in, so every stored similarity is a plain dot
+product and the weighted score ``sum_f w_f * cos(q_f, d_f)`` is one dot product of the
+weighted query concatenation ``[w_1 q_1; ...; w_F q_F]`` with the document concatenation
+``[d_1; ...; d_F]``. The functions here are pure numpy so the brute-force reference used by
+the tests and the benchmark computes exactly what the index is supposed to return.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .schema import ID_KEY, IndexSchema
+
+# A norm below this is a zero vector in practice: normalising it would only amplify noise.
+MIN_NORM = 1e-12
+
+
+def _to_array(arg: str, value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # torch tensors, without importing torch
+        value = value.detach().cpu().numpy()
+    try:
+        arr = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{arg}: expected a numeric array, got {type(value).__name__} ({e})") from None
+    return arr
+
+
+def unit_rows(arg: str, value: Any, dim: int, rows: Optional[int] = None) -> np.ndarray:
+    """Check a ``[N, dim]`` array (finite, no zero rows) and return its rows L2-normalised, float32.
+
+    Shape:
+        value: [N, dim] (or [dim], read as one row); returns [N, dim] float32.
+    """
+    arr = _to_array(arg, value)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[1] != dim:
+        raise ValueError(f"{arg}: expected shape [N, {dim}], got {list(np.shape(value))}")
+    if rows is not None and arr.shape[0] != rows:
+        raise ValueError(f"{arg}: expected {rows} rows (one per id), got {arr.shape[0]}")
+    finite = np.isfinite(arr).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise ValueError(
+            f"{arg}: rows {bad[:10].tolist()}{'...' if len(bad) > 10 else ''} contain NaN or inf "
+            f"({len(bad)} of {arr.shape[0]} rows)"
+        )
+    norms = np.linalg.norm(arr.astype(np.float64), axis=1)
+    zero = norms < MIN_NORM
+    if zero.any():
+        bad = np.flatnonzero(zero)
+        raise ValueError(
+            f"{arg}: rows {bad[:10].tolist()}{'...' if len(bad) > 10 else ''} are zero vectors "
+            f"(norm < {MIN_NORM}); a zero vector has no direction to compare"
+        )
+    return (arr / norms[:, None]).astype(np.float32)
+
+
+def check_ids(ids: Any) -> List[str]:
+    """Check a batch of caller ids: non-empty strings, no duplicates."""
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, (Sequence, np.ndarray)):
+        raise ValueError(f"ids: expected a sequence of strings, got {type(ids).__name__}")
+    out = []
+    for i, x in enumerate(ids):
+        if isinstance(x, np.str_):
+            x = str(x)
+        if not isinstance(x, str) or not x:
+            raise ValueError(f"ids[{i}]: expected a non-empty string, got {x!r}")
+        out.append(x)
+    if len(out) == 0:
+        raise ValueError("ids: expected at least one id, got an empty sequence")
+    if len(set(out)) != len(out):
+        dup = [k for k, c in Counter(out).items() if c > 1]
+        raise ValueError(
+            f"ids: duplicate ids in one batch: {dup[:10]}{'...' if len(dup) > 10 else ''} "
+            f"({len(dup)} duplicated); each document must appear once per upsert"
+        )
+    return out
+
+
+def check_payloads(payloads: Any, n: int) -> List[Dict[str, Any]]:
+    if payloads is None:
+        return [{} for _ in range(n)]
+    if isinstance(payloads, Mapping) or not isinstance(payloads, Sequence):
+        raise ValueError(
+            f"payloads: expected None or a sequence of {n} dicts (one per id), got {type(payloads).__name__}"
+        )
+    if len(payloads) != n:
+        raise ValueError(f"payloads: expected {n} entries (one per id), got {len(payloads)}")
+    out = []
+    for i, p in enumerate(payloads):
+        if p is None:
+            p = {}
+        if not isinstance(p, Mapping) or not all(isinstance(k, str) for k in p):
+            raise ValueError(f"payloads[{i}]: expected a dict with string keys, got {p!r}")
+        if ID_KEY in p:
+            raise ValueError(f"payloads[{i}]: key {ID_KEY!r} is reserved for the document id")
+        out.append(dict(p))
+    return out
+
+
+def check_present(schema: IndexSchema, present: Any, n: int) -> Dict[str, Optional[np.ndarray]]:
+    """``present[f][i]`` False marks field f of document i as missing (None: all present)."""
+    out: Dict[str, Optional[np.ndarray]] = {f: None for f in schema.field_names}
+    if present is None:
+        return out
+    if not isinstance(present, Mapping):
+        raise ValueError(f"present: expected None or a mapping of field name to [N] bool array, got {type(present).__name__}")
+    unknown = sorted(set(present) - set(schema.field_names))
+    if unknown:
+        raise ValueError(f"present: unknown field(s) {unknown}; the index has fields {list(schema.field_names)}")
+    for f, m in present.items():
+        arr = np.asarray(m)
+        if arr.shape != (n,) or arr.dtype != np.bool_:
+            raise ValueError(f"present[{f!r}]: expected a bool array of shape [{n}], got {arr.dtype} {list(arr.shape)}")
+        out[f] = None if arr.all() else arr.copy()
+    return out
+
+
+def doc_vectors(
+    schema: IndexSchema, vectors: Any, n: int, present: Any = None
+) -> Tuple[Dict[str, np.ndarray], Dict[str, Optional[np.ndarray]]]:
+    """Validate per-field document vectors and build every named vector a point stores.
+
+    A missing field (``present[f][i]`` False) is left out of the point, counts as cosine 0
+    in the weighted concatenation, and gets weight 0 in the fused vector with the other
+    weights renormalised (GCL_SPEC section 3). Its row in ``vectors[f]`` is ignored.
+
+    Returns:
+        ``({field: [n, D_f] unit rows, main_vector: [n, main_dim]}, {name: [n] bool or None})``.
+    """
+    if not isinstance(vectors, Mapping):
+        raise ValueError(
+            f"vectors: expected a mapping of field name to [N, D] array with fields "
+            f"{list(schema.field_names)}, got {type(vectors).__name__}"
+        )
+    names = schema.field_names
+    unknown = sorted(set(vectors) - set(names))
+    if unknown:
+        raise ValueError(f"vectors: unknown field(s) {unknown}; the index has fields {list(names)}")
+    missing = [f for f in names if f not in vectors]
+    if missing:
+        raise ValueError(
+            f"vectors: missing field(s) {missing}; pass every field {list(names)} (mark absent "
+            f"rows with present=)"
+        )
+    mask = check_present(schema, present, n)
+    dims = schema.dims
+    out: Dict[str, np.ndarray] = {}
+    for f in names:
+        arr = _to_array(f"vectors[{f!r}]", vectors[f])
+        if arr.ndim != 2 or arr.shape[1] != dims[f]:
+            raise ValueError(f"vectors[{f!r}]: expected shape [N, {dims[f]}], got {list(arr.shape)}")
+        if arr.shape[0] != n:
+            raise ValueError(f"vectors[{f!r}]: expected {n} rows (one per id), got {arr.shape[0]}")
+        m = mask[f]
+        if m is None:
+            out[f] = unit_rows(f"vectors[{f!r}]", arr, dims[f])
+        else:
+            full = np.zeros((n, dims[f]), dtype=np.float32)
+            rows = np.flatnonzero(m)
+            if len(rows):
+                try:
+                    full[rows] = unit_rows(f"vectors[{f!r}]", arr[rows], dims[f])
+                except ValueError as e:  # report positions in the caller's numbering
+                    raise ValueError(f"{e} (row numbers count only rows marked present)") from None
+            out[f] = full
+    if len(names) == 1:
+        if mask[names[0]] is not None and not mask[names[0]].all():
+            bad = np.flatnonzero(~mask[names[0]])
+            raise ValueError(f"present: documents {bad[:10].tolist()} have no field at all")
+        return out, mask
+    if schema.mode == "weighted":
+        anyp = np.zeros(n, dtype=bool)
+        for f in names:
+            anyp |= True if mask[f] is None else mask[f]
+        if not anyp.all():
+            raise ValueError(f"present: documents {np.flatnonzero(~anyp)[:10].tolist()} have no field at all")
+        out[schema.main_vector] = np.concatenate([out[f] for f in names], axis=1)
+    else:
+        out[schema.main_vector] = fuse(out, dict(schema.fused_weights), mask)
+    mask = dict(mask)
+    mask[schema.main_vector] = None
+    return out, mask
+
+
+def fuse(
+    unit: Mapping[str, np.ndarray],
+    weights: Mapping[str, float],
+    present: Optional[Mapping[str, Optional[np.ndarray]]] = None,
+) -> np.ndarray:
+    """Normalised weighted mean of unit field vectors (the evaluation's document fusion).
+
+    Missing fields weigh 0; since the sum is renormalised, the other weights are in effect
+    renormalised too.
+
+    Shape:
+        unit[f]: [N, D] unit rows; present[f]: [N] bool or None; returns [N, D] unit rows.
+    """
+    acc = None
+    for f, w in weights.items():
+        if w == 0:
+            continue
+        term = unit[f].astype(np.float64) * w
+        m = None if present is None else present.get(f)
+        if m is not None:
+            term = term * m[:, None]
+        acc = term if acc is None else acc + term
+    norms = np.linalg.norm(acc, axis=1)
+    bad = norms < MIN_NORM
+    if bad.any():
+        raise ValueError(
+            f"vectors: documents {np.flatnonzero(bad)[:10].tolist()} fuse to a zero vector (no "
+            f"present field with a positive fused weight, or weighted fields that cancel out)"
+        )
+    return (acc / norms[:, None]).astype(np.float32)
+
+
+def check_field_weights(
+    schema: IndexSchema, field_weights: Any, query_fields: Sequence[str]
+) -> Dict[str, float]:
+    """Validate query-time weights; ``None`` weighs the given query fields equally."""
+    names = schema.field_names
+    if field_weights is None:
+        return {f: 1.0 / len(query_fields) for f in query_fields}
+    if not isinstance(field_weights, Mapping):
+        raise ValueError(
+            f"field_weights: expected a mapping of field name to weight, got {type(field_weights).__name__}"
+        )
+    unknown = sorted(set(field_weights) - set(names))
+    if unknown:
+        raise ValueError(f"field_weights: unknown field(s) {unknown}; the index has fields {list(names)}")
+    out = {}
+    for f, w in field_weights.items():
+        try:
+            w = float(w)
+        except (TypeError, ValueError):
+            raise ValueError(f"field_weights[{f!r}]: expected a number, got {w!r}") from None
+        if not math.isfinite(w) or w < 0:
+            raise ValueError(f"field_weights[{f!r}]: expected a finite weight >= 0, got {w!r}")
+        if w > 0:
+            out[f] = w
+    if not out:
+        raise ValueError(f"field_weights: at least one weight must be > 0, got {dict(field_weights)}")
+    missing = [f for f in out if f not in query_fields]
+    if missing:
+        raise ValueError(
+            f"field_weights: field(s) {missing} have weight > 0 but no query vector; "
+            f"query vectors were given for {list(query_fields)}"
+        )
+    return out
+
+
+def query_fields(schema: IndexSchema, query: Any, batch: bool) -> Tuple[Dict[str, np.ndarray], bool]:
+    """Split a query into per-field unit vectors.
+
+    A mapping gives one vector per field; a bare array stands for every field (all fields
+    must then share its dimension). Returns ``({field: [Q, D_f]}, shared)`` where ``shared``
+    says the query was one vector for all fields.
+    """
+    names = schema.field_names
+    dims = schema.dims
+    shape = "[Q, D]" if batch else "[D]"
+    if isinstance(query, Mapping):
+        if not query:
+            raise ValueError(f"query: expected at least one field vector, got an empty mapping")
+        unknown = sorted(set(query) - set(names))
+        if unknown:
+            raise ValueError(f"query: unknown field(s) {unknown}; the index has fields {list(names)}")
+        out = {}
+        rows = None
+        for f, v in query.items():
+            arr = _to_array(f"query[{f!r}]", v)
+            if arr.ndim != (2 if batch else 1):
+                raise ValueError(f"query[{f!r}]: expected shape {shape} with D={dims[f]}, got {list(arr.shape)}")
+            out[f] = unit_rows(f"query[{f!r}]", arr, dims[f])
+            if rows is not None and out[f].shape[0] != rows:
+                raise ValueError(
+                    f"query: every field needs the same number of query rows, got "
+                    f"{ {k: v.shape[0] for k, v in out.items()} }"
+                )
+            rows = out[f].shape[0]
+        return out, False
+    arr = _to_array("query", query)
+    if arr.ndim != (2 if batch else 1):
+        raise ValueError(f"query: expected shape {shape} (or a mapping of field to vector), got {list(arr.shape)}")
+    d = arr.shape[-1]
+    if any(dims[f] != d for f in names) and schema.mode == "weighted":
+        raise ValueError(
+            f"query: one vector can stand for all fields only when they share its dimension; "
+            f"got D={d}, fields have {dims}; pass a mapping of field to vector instead"
+        )
+    unit = unit_rows("query", arr, d)
+    if schema.mode == "fused" and d != schema.main_dim:
+        raise ValueError(f"query: expected D={schema.main_dim}, got {d}")
+    return {f: unit for f in names}, True
+
+
+def weighted_query(schema: IndexSchema, q: Mapping[str, np.ndarray], w: Mapping[str, float]) -> np.ndarray:
+    """``[w_1 q_1; ...; w_F q_F]`` (zeros for unweighted fields): its dot product with a stored
+    concatenation is exactly the weighted sum of field cosines.
+
+    Shape:
+        q[f]: [Q, D_f]; returns [Q, sum_f D_f] float32.
+    """
+    rows = next(iter(q.values())).shape[0]
+    parts = []
+    for f, d in schema.fields:
+        if f in w:
+            parts.append(q[f].astype(np.float64) * w[f])
+        else:
+            parts.append(np.zeros((rows, d)))
+    return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+def brute_force(
+    doc_ids: Sequence[str],
+    doc_field_vectors: Mapping[str, Any],
+    query: Mapping[str, Any],
+    field_weights: Mapping[str, float],
+    limit: int,
+) -> List[List[Tuple[str, float]]]:
+    """Exact weighted search in numpy, float64: the reference the index is tested against.
+
+    Args:
+        doc_ids: N ids.
+        doc_field_vectors: {field: [N, D_f]} raw (unnormalised) document vectors.
+        query: {field: [Q, D_f]} raw query vectors.
+        field_weights: {field: w_f}, fields absent from it weigh 0.
+        limit: top-k.
+
+    Returns:
+        For each query, ``[(id, score)]`` by decreasing ``sum_f w_f cos(q_f, d_f)``.
+
+    Example:
+        >>> brute_force(["a", "b"], {"t": [[1, 0], [0, 1]]}, {"t": [[1, 0.1]]}, {"t": 1.0}, 1)[0][0][0]
+        'a'
+    """
+    scores = None
+    for f, w in field_weights.items():
+        if w == 0:
+            continue
+        d = np.asarray(doc_field_vectors[f], dtype=np.float64)
+        qf = np.asarray(query[f], dtype=np.float64)
+        d = d / np.linalg.norm(d, axis=1, keepdims=True)
+        qf = qf / np.linalg.norm(qf, axis=1, keepdims=True)
+        s = w * (qf @ d.T)
+        scores = s if scores is None else scores + s
+    k = min(limit, scores.shape[1])
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return [[(doc_ids[j], float(scores[i, j])) for j in row] for i, row in enumerate(top)]

@@ -331,6 +331,124 @@ def _write_png(img, path: str) -> None:
 # the writer
 # ----------------------------------------------------------------------------------------
 
+@dataclass
+class SyntheticWorld:
+    """The generated tables, in memory, before anything is written.
+
+    `write_dataset` writes exactly what `corpus_docs` and `split_rows` return, so tests
+    can compare a read-back against them.
+    """
+
+    seed: int
+    image_size: int
+    products: Dict[str, np.ndarray]
+    titles: List[Optional[str]]
+    image_local: List[str]
+    no_image: np.ndarray
+    queries: List[Tuple[str, Dict[str, int], Dict[str, float]]]
+    query_group: np.ndarray
+    pair_query: np.ndarray
+    pair_product: np.ndarray
+    pair_position: np.ndarray
+
+    @property
+    def n_products(self) -> int:
+        return len(self.titles)
+
+    def corpus_docs(self, corpus: str) -> Dict[str, Dict[str, Optional[str]]]:
+        """{product_id: {"title", "image_local"}} of "corpus_1" or "corpus_2"."""
+        c = {"corpus_1": 0, "corpus_2": 1}[corpus]
+        return {self.products["id"][i]: {"title": self.titles[i], "image_local": self.image_local[i]}
+                for i in np.flatnonzero(self.products["corpus"] == c)}
+
+    def split_pairs(self, split: str) -> np.ndarray:
+        """Indices into the pair arrays that belong to a split, in write order."""
+        qg, pg = int(split[6]), int(split[-1])
+        return np.flatnonzero((self.query_group[self.pair_query] == qg)
+                              & (self.products["corpus"][self.pair_product] == pg))
+
+    def split_rows(self, split: str):
+        """The CSV rows of a split as dicts (strings and ints as written)."""
+        for j in self.split_pairs(split):
+            i, pos = self.pair_product[j], int(self.pair_position[j])
+            yield {
+                "query": self.queries[self.pair_query[j]][0], "product_id": self.products["id"][i],
+                "position": pos, "title": self.titles[i], "image_local": self.image_local[i],
+                "score_linear": 101 - pos, "score_reciprocal": 1.0 / pos, "no_score": 1,
+                "query_id": int(self.pair_query[j]), "pair_id": int(j),
+            }
+
+    def image(self, i: int):
+        """The PIL image of product index i."""
+        return render_image(self.products, i, self.image_size, self.seed)
+
+
+def generate_world(
+    n_queries: int = 100,
+    n_products: Optional[int] = None,
+    docs_per_query: int = 100,
+    seed: int = 0,
+    image_size: int = 32,
+    missing_title_rate: float = 0.01,
+    missing_image_rate: float = 0.005,
+    tricky_title_rate: float = 0.01,
+    progress: bool = False,
+) -> SyntheticWorld:
+    """Generate products, queries and ranked pairs in memory (arguments as `write_dataset`)."""
+    from tqdm.auto import tqdm
+
+    n_queries = _check_int("n_queries", n_queries, 2)
+    docs_per_query = _check_int("docs_per_query", docs_per_query, 1)
+    if n_products is None:
+        n_products = max(2 * docs_per_query, n_queries * docs_per_query // 5)
+    n_products = _check_int("n_products", n_products, 2)
+    image_size = _check_int("image_size", image_size, 8)
+    for name, v in (("missing_title_rate", missing_title_rate), ("missing_image_rate", missing_image_rate),
+                    ("tricky_title_rate", tricky_title_rate)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 0.3:
+            raise ValueError(f"{name}: expected a rate in [0, 0.3], got {v!r}")
+    k = min(docs_per_query, n_products)
+
+    rng = np.random.default_rng(seed)
+    products = _make_products(rng, n_products)
+    # missing title and missing image never hit the same product, so every product keeps one field
+    u = rng.random(n_products)
+    no_title = u < missing_title_rate
+    no_image = (u >= missing_title_rate) & (u < missing_title_rate + missing_image_rate)
+    trng = np.random.default_rng([seed, 1])
+    titles = [None if no_title[i] else _title(trng, products, i, tricky_title_rate) for i in range(n_products)]
+    image_local = [f"images/{products['id'][i]}.png" for i in range(n_products)]
+
+    queries = _make_queries(np.random.default_rng([seed, 2]), n_queries, products)
+    q_group = np.zeros(n_queries, dtype=np.int64)
+    q_group[np.random.default_rng([seed, 3]).permutation(n_queries)[: n_queries - int(round(0.8 * n_queries))]] = 1
+
+    by_cat = [np.flatnonzero(products["category"] == c) for c in range(len(CATEGORIES))]
+    rrng = np.random.default_rng([seed, 4])
+    n_pool = 3 * k
+    pair_q = np.empty(n_queries * k, dtype=np.int64)
+    pair_p = np.empty(n_queries * k, dtype=np.int64)
+    pair_pos = np.empty(n_queries * k, dtype=np.int64)
+    for qi, (text, asked, weights) in enumerate(tqdm(queries, desc="rank", unit="query", disable=not progress)):
+        # a bounded candidate pool per query keeps generation linear in the number of pairs
+        same = by_cat[asked["category"]]
+        take = min(len(same), int(0.8 * n_pool))
+        pool = rrng.choice(same, take, replace=False) if take < len(same) else same
+        others = n_pool - len(pool)
+        if others > 0:
+            pool = np.unique(np.concatenate([pool, rrng.integers(0, n_products, others + 8)]))
+        if len(pool) < k:
+            pool = np.unique(np.concatenate([pool, rrng.permutation(n_products)[: 2 * k]]))
+        score = _relevance(products, pool, asked, weights, rrng, noise=0.35)
+        top = pool[np.argsort(-score, kind="stable")[:k]]
+        sl = slice(qi * k, (qi + 1) * k)
+        pair_q[sl] = qi
+        pair_p[sl] = top
+        pair_pos[sl] = np.arange(1, k + 1)
+    return SyntheticWorld(seed, image_size, products, titles, image_local, no_image, queries, q_group,
+                          pair_q, pair_p, pair_pos)
+
+
 def write_dataset(
     root: str,
     n_queries: int = 100,
@@ -371,109 +489,50 @@ def write_dataset(
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    n_queries = _check_int("n_queries", n_queries, 2)
-    docs_per_query = _check_int("docs_per_query", docs_per_query, 1)
-    if n_products is None:
-        n_products = max(2 * docs_per_query, n_queries * docs_per_query // 5)
-    n_products = _check_int("n_products", n_products, 2)
-    image_size = _check_int("image_size", image_size, 8)
     gt_queries = _check_int("gt_queries", gt_queries, 1)
-    for name, v in (("missing_title_rate", missing_title_rate), ("missing_image_rate", missing_image_rate),
-                    ("tricky_title_rate", tricky_title_rate)):
-        if not isinstance(v, (int, float)) or not 0 <= v <= 0.3:
-            raise ValueError(f"{name}: expected a rate in [0, 0.3], got {v!r}")
-    k = min(docs_per_query, n_products)
+    world = generate_world(n_queries, n_products, docs_per_query, seed, image_size, missing_title_rate,
+                           missing_image_rate, tricky_title_rate, progress)
     root = os.fspath(root)
     os.makedirs(root, exist_ok=True)
-    img_dir = os.path.join(root, "images")
-    if images:
-        os.makedirs(img_dir, exist_ok=True)
-
-    rng = np.random.default_rng(seed)
-    products = _make_products(rng, n_products)
-    # missing title and missing image never hit the same product, so every product keeps one field
-    u = rng.random(n_products)
-    no_title = u < missing_title_rate
-    no_image = (u >= missing_title_rate) & (u < missing_title_rate + missing_image_rate)
-    trng = np.random.default_rng([seed, 1])
-    titles = [None if no_title[i] else _title(trng, products, i, tricky_title_rate) for i in range(n_products)]
-    image_local = [f"images/{products['id'][i]}.png" for i in range(n_products)]
-
-    queries = _make_queries(np.random.default_rng([seed, 2]), n_queries, products)
-    q_group = np.zeros(n_queries, dtype=np.int64)
-    q_group[np.random.default_rng([seed, 3]).permutation(n_queries)[: n_queries - int(round(0.8 * n_queries))]] = 1
-
-    by_cat = [np.flatnonzero(products["category"] == c) for c in range(len(CATEGORIES))]
-    rrng = np.random.default_rng([seed, 4])
-    n_pool = 3 * k
-    # pairs, in query order, ranked
-    pair_q = np.empty(n_queries * k, dtype=np.int64)
-    pair_p = np.empty(n_queries * k, dtype=np.int64)
-    pair_pos = np.empty(n_queries * k, dtype=np.int64)
-    for qi, (text, asked, weights) in enumerate(tqdm(queries, desc="rank", unit="query", disable=not progress)):
-        same = by_cat[asked["category"]]
-        take = min(len(same), int(0.8 * n_pool))
-        pool = rrng.choice(same, take, replace=False) if take < len(same) else same
-        others = n_pool - len(pool)
-        if others > 0:
-            extra = rrng.integers(0, n_products, others + 8)
-            pool = np.unique(np.concatenate([pool, extra]))
-        if len(pool) < k:
-            pool = np.unique(np.concatenate([pool, rrng.permutation(n_products)[: 2 * k]]))
-        score = _relevance(products, pool, asked, weights, rrng, noise=0.35)
-        top = pool[np.argsort(-score, kind="stable")[:k]]
-        sl = slice(qi * k, (qi + 1) * k)
-        pair_q[sl] = qi
-        pair_p[sl] = top
-        pair_pos[sl] = np.arange(1, k + 1)
-
+    products, queries = world.products, world.queries
     files: List[str] = []
-    # corpora
-    for c, name in ((0, "corpus_1"), (1, "corpus_2")):
+
+    for name in ("corpus_1", "corpus_2"):
         path = os.path.join(root, name + ".json")
 
-        def write_corpus(f, c=c):
+        def write_corpus(f, name=name):
             f.write("{")
-            first = True
-            for i in np.flatnonzero(products["corpus"] == c):
-                doc = {"title": titles[i], "image_local": image_local[i]}
-                f.write(("" if first else ",\n") + json.dumps(products["id"][i]) + ": " + json.dumps(doc))
-                first = False
+            for n, (pid, doc) in enumerate(world.corpus_docs(name).items()):
+                f.write(("" if n == 0 else ",\n") + json.dumps(pid) + ": " + json.dumps(doc))
             f.write("}\n")
 
         _atomic_text(path, write_corpus)
         files.append(path)
 
-    # splits
     rows: Dict[str, int] = {}
     gt_counts: Dict[str, Dict[str, int]] = {}
-    pair_corpus = products["corpus"][pair_p]
-    pair_group = q_group[pair_q]
-    pair_id = np.arange(len(pair_q))
     for split in SPLITS:
         qg, pg = int(split[6]), int(split[-1])
-        sel = np.flatnonzero((pair_group == qg) & (pair_corpus == pg))
         path = os.path.join(root, split + ".csv")
 
-        def write_split(f, sel=sel):
+        def write_split(f, split=split):
             w = csv.writer(f, quoting=csv.QUOTE_ALL, lineterminator="\n")
             w.writerow(HEADER)
-            for j in sel:
-                i, pos = pair_p[j], int(pair_pos[j])
-                w.writerow((queries[pair_q[j]][0], products["id"][i], pos, titles[i] or "", image_local[i],
-                            101 - pos, repr(1.0 / pos), 1, int(pair_q[j]), int(pair_id[j])))
+            for r in world.split_rows(split):
+                w.writerow([("" if r[h] is None else repr(r[h]) if isinstance(r[h], float) else r[h]) for h in HEADER])
 
         _atomic_text(path, write_split)
         files.append(path)
+        sel = world.split_pairs(split)
         rows[split] = len(sel)
 
         # ground truth, as the evaluator's "csv" protocol would rebuild it from this file
-        sl = 101 - pair_pos[sel]
+        sl = 101 - world.pair_position[sel]
         lo, hi = (int(sl.min()), int(sl.max())) if len(sel) else (0, 0)
         rel = np.ones(len(sel), dtype=np.int64) if hi == lo else ((sl - lo) / (hi - lo) * 99 + 1).astype(np.int64)
         per_q: Dict[int, List[Tuple[int, str]]] = {}
         for j, r in zip(sel, rel):
-            per_q.setdefault(int(pair_q[j]), []).append((int(r), products["id"][pair_p[j]]))
+            per_q.setdefault(int(world.pair_query[j]), []).append((int(r), products["id"][world.pair_product[j]]))
         qids = sorted(per_q, key=lambda q: queries[q][0] + QUERY_KEY_SEPARATOR)
         sums = np.array([sum(r for r, _ in per_q[q]) for q in qids], dtype=np.float64)
         n_gt = min(gt_queries, len(qids) // 2) if len(qids) >= 2 else len(qids)
@@ -484,36 +543,38 @@ def write_dataset(
         for which, idx in (("test", test_idx), ("dev", dev_idx)):
             gt = {}
             for t in sorted(idx.tolist(), key=lambda t: -sums[t]):
-                q = qids[t]
-                ranked = sorted(per_q[q], key=lambda x: -x[0])
-                gt[queries[q][0] + QUERY_KEY_SEPARATOR] = {pid: r for r, pid in ranked}
+                ranked = sorted(per_q[qids[t]], key=lambda x: -x[0])
+                gt[queries[qids[t]][0] + QUERY_KEY_SEPARATOR] = {pid: r for r, pid in ranked}
             gpath = os.path.join(root, f"{split}_gt_{which}.json")
             _atomic_text(gpath, lambda f, gt=gt: json.dump(gt, f))
             files.append(gpath)
             gt_counts.setdefault(split, {})[which] = len(gt)
         qpath = os.path.join(root, f"{split}_queries.json")
-        qtexts = [queries[q][0] for q in range(n_queries) if q_group[q] == qg and q in per_q]
+        qtexts = [queries[q][0] for q in range(len(queries)) if world.query_group[q] == qg and q in per_q]
         _atomic_text(qpath, lambda f, qtexts=qtexts: json.dump(qtexts, f))
         files.append(qpath)
 
-    # images
     if images:
-        todo = [i for i in range(n_products) if not no_image[i]]
+        os.makedirs(os.path.join(root, "images"), exist_ok=True)
+        todo = [i for i in range(world.n_products) if not world.no_image[i]]
         for i in tqdm(todo, desc="images", unit="img", disable=not progress):
-            path = os.path.join(root, image_local[i])
+            path = os.path.join(root, world.image_local[i])
             if os.path.exists(path):
                 continue  # resume: images are deterministic
-            _write_png(render_image(products, i, image_size, seed), path)
-        for i in np.flatnonzero(no_image):
-            path = os.path.join(root, image_local[i])
+            _write_png(world.image(i), path)
+        for i in np.flatnonzero(world.no_image):
+            path = os.path.join(root, world.image_local[i])
             if os.path.exists(path):
                 os.unlink(path)
 
+    n_pairs = len(world.pair_query)
     meta = {
         "generator": "gcl_train.data.synthetic",
-        "seed": seed, "n_queries": n_queries, "n_products": n_products, "docs_per_query": k,
-        "image_size": image_size, "n_pairs": int(n_queries * k), "rows": rows, "gt_queries": gt_counts,
-        "missing_titles": int(no_title.sum()), "missing_images": int(no_image.sum()) if images else None,
+        "seed": seed, "n_queries": len(queries), "n_products": world.n_products,
+        "docs_per_query": n_pairs // len(queries), "image_size": world.image_size, "n_pairs": n_pairs,
+        "rows": rows, "gt_queries": gt_counts,
+        "missing_titles": int(sum(t is None for t in world.titles)),
+        "missing_images": int(world.no_image.sum()) if images else None,
         "corpus_sizes": {"corpus_1": int((products["corpus"] == 0).sum()), "corpus_2": int((products["corpus"] == 1).sum())},
         "vocabulary": {a: list(VOCAB[a]) for a in ATTRS},
         "importance": IMPORTANCE,
@@ -525,7 +586,7 @@ def write_dataset(
     for dirpath, _, fns in os.walk(root):
         for fn in fns:
             total += os.path.getsize(os.path.join(dirpath, fn))
-    return SyntheticInfo(root, n_queries, n_products, int(n_queries * k), rows, gt_counts, total,
+    return SyntheticInfo(root, len(queries), world.n_products, n_pairs, rows, gt_counts, total,
                          time.perf_counter() - t0, files)
 
 

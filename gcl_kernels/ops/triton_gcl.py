@@ -1,0 +1,831 @@
+"""Fused Triton kernels for the GCL loss (GCL_SPEC section 1): forward and backward.
+
+No kernel ever holds a B x B_R similarity matrix. Every F_L x F_R field pair is computed
+from one *stacked* tile: the lhs tile is F_LP row blocks of BM rows (one per lhs field,
+F_LP = F_L rounded up to a power of two, padding fields masked) and the rhs tile is
+F_RP column blocks of BN columns, so one `tl.dot` of [F_LP*BM, BK] x [BK, F_RP*BN]
+produces the scores of all pairs at once, and an lhs or rhs tile is loaded once for all
+the pairs that use it. Per-pair statistics are read from the tile by reshaping it to
+[F_LP*BM, F_RP, BN] (rows) or [F_LP, BM, F_RP*BN] (columns).
+
+Kernels (all accumulate in float32; scores are kept in log2 units, S2 = S * log2(e)):
+  1. `_gcl_fwd_stats_kernel`, grid G x C: program (g, c) sweeps the rows of row group g
+     against the columns of column group c ONCE and produces both partial log-sum-exps:
+     rows online in registers (written once per program to rowpart[c]), columns merged
+     tile by tile into colpart[g] (the program owns that slice, so no atomics).
+  2. `_gcl_fwd_merge_kernel`: reduces the C row partials and G column partials, computes
+     the diagonal <x_i, y_i> by a D loop, writes the three per-pair vectors the backward
+     needs (row bias, column bias, diagonal coefficient) and one loss partial per program.
+  3. `_gcl_bwd_dx_kernel` (row block stationary) and `_gcl_bwd_dy_kernel` (column block
+     stationary): recompute S tile by tile, form dS, and accumulate dS @ y (resp.
+     dS^T @ x) for one chunk of D_OUT output columns; the dx kernel also writes the
+     per-row partial of d(logit_scale) = sum dS * S / s.
+Memory beyond inputs and gradients: (G + C) * P * B floats of partials (G, C <= 32, 16),
+3 * P * B floats of statistics, one float per row of d(logit_scale) partials; P = F_L * F_R.
+docs/triton_kernel.md gives the reasons (one forward sweep, two backward kernels, no
+atomics) and the flop count.
+
+Differences from `reference_gcl_loss`:
+  - scores are computed in float32 from the input dtype; on the GPU bf16/fp16 tiles go to
+    the tensor cores as they are, dS is rounded to the input dtype before the two gradient
+    products (as flash-attention does), and float32 inputs use `input_precision` =
+    GCL_TRITON_FP32_PRECISION (default "ieee": exact float32 products, no tf32 rounding;
+    "tf32x3" and "tf32" are faster and less exact);
+  - exp2/log2 are the hardware approximations (no libdevice);
+  - float64 is not served (use impl="chunked" or "reference").
+
+Tested where: only under the Triton interpreter (TRITON_INTERPRET=1) on a CPU, float32,
+against the float64 reference (tests/test_gcl_loss_triton.py). No GPU run has happened yet:
+the GPU tests and benchmarks (benchmarks/gpu_suite.sh) are written but not yet run, so no
+GPU speed or accuracy figure is claimed here.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .._validation import GCLInputs
+
+# Read once at import: triton.jit picks the interpreter or the compiler at decoration time.
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+MAX_FIELDS = 4
+# The kernels loop over D, so this is a tested-range guard, not a hardware limit: above it
+# the per-tile K loop and the D_OUT chunking have never been exercised.
+MAX_D = 8192
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_FP32_PRECISIONS = ("ieee", "tf32x3", "tf32")
+
+# Target number of row groups (G) and column groups (C) of the forward sweep: G * C programs,
+# (G + C) * P * B floats of partials. Tests lower them to exercise the in-program merges.
+_FWD_ROW_GROUPS = 32
+_FWD_COL_GROUPS = 16
+# Tiles used under the interpreter (one config: autotune with several fails there). Small
+# enough that tiny test shapes still span several tiles, D chunks and D_OUT chunks.
+_INTERPRET_TILES = {"TILE": 16, "TILE_MULTI": 32, "BK": 16, "D_OUT": 16}
+
+
+# --------------------------------------------------------------------------------------
+# Tile helpers (inlined into the kernels)
+# --------------------------------------------------------------------------------------
+@triton.jit
+def _tile_scores(
+    x_ptr,  # [F_L, B, D] lhs embeddings (contiguous)
+    y_ptr,  # [F_R, B_R, D] rhs embeddings (contiguous)
+    l_m, i_m, row_ok,  # [TILE_M] lhs field, row index, validity of each stacked row
+    r_n, j_n, col_ok,  # [TILE_N] rhs field, column index, validity of each stacked column
+    B, B_R, D,
+    TILE_M: tl.constexpr, TILE_N: tl.constexpr, BK: tl.constexpr,
+    CAST_F32: tl.constexpr, PRECISION: tl.constexpr,
+):
+    # dot[m, n] = <x[l_m, i_m, :], y[r_n, j_n, :]>, float32 accumulation, loop over D.
+    x_rows = x_ptr + (l_m.to(tl.int64) * B + i_m) * D
+    y_rows = y_ptr + (r_n.to(tl.int64) * B_R + j_n) * D
+    offs_k = tl.arange(0, BK)
+    acc = tl.zeros((TILE_M, TILE_N), dtype=tl.float32)
+    for k0 in range(0, D, BK):
+        kk = k0 + offs_k
+        k_ok = kk < D
+        xt = tl.load(x_rows[:, None] + kk[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        yt = tl.load(y_rows[:, None] + kk[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+        if CAST_F32:
+            # the interpreter's bf16/fp16 dot is wrong; the GPU keeps 16-bit tensor-core inputs
+            xt = xt.to(tl.float32)
+            yt = yt.to(tl.float32)
+        acc = tl.dot(xt, tl.trans(yt), acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def _keep_mask(
+    lg_ptr,  # [B] int64 lhs group ids (read only if HAS_LG)
+    rg_ptr,  # [B_R] int64 rhs group ids (read only if HAS_RG)
+    i_m, row_ok, j_n, col_ok, B, B_R,
+    HAS_LG: tl.constexpr, HAS_RG: tl.constexpr,
+):
+    # keep[i, j] = valid and not M[i, j];
+    # M[i, j] = (i != j) and ((j < B and lg[i] == lg[j]) or rg[i] == rg[j])
+    keep = row_ok[:, None] & col_ok[None, :]
+    if HAS_LG or HAS_RG:
+        hit = tl.zeros(keep.shape, dtype=tl.int1)
+        if HAS_LG:
+            lg_i = tl.load(lg_ptr + i_m, mask=i_m < B, other=0)
+            lg_j = tl.load(lg_ptr + j_n, mask=j_n < B, other=0)
+            hit = hit | ((lg_i[:, None] == lg_j[None, :]) & (j_n < B)[None, :])
+        if HAS_RG:
+            rg_i = tl.load(rg_ptr + i_m, mask=i_m < B, other=0)
+            rg_j = tl.load(rg_ptr + j_n, mask=j_n < B_R, other=0)
+            hit = hit | (rg_i[:, None] == rg_j[None, :])
+        keep = keep & ((i_m[:, None] == j_n[None, :]) | ~hit)
+    return keep
+
+
+@triton.jit
+def _rows_max(s, TILE_M: tl.constexpr, F_RP: tl.constexpr, BN: tl.constexpr):
+    # [TILE_M, F_RP * BN] -> [TILE_M, F_RP]: max over each rhs field's BN columns
+    if F_RP == 1:
+        out = tl.max(s, axis=1)[:, None]
+    else:
+        out = tl.max(tl.reshape(s, (TILE_M, F_RP, BN)), axis=2)
+    return out
+
+
+@triton.jit
+def _rows_sum(s, TILE_M: tl.constexpr, F_RP: tl.constexpr, BN: tl.constexpr):
+    if F_RP == 1:
+        out = tl.sum(s, axis=1)[:, None]
+    else:
+        out = tl.sum(tl.reshape(s, (TILE_M, F_RP, BN)), axis=2)
+    return out
+
+
+@triton.jit
+def _cols_max(s, TILE_N: tl.constexpr, F_LP: tl.constexpr, BM: tl.constexpr):
+    # [F_LP * BM, TILE_N] -> [F_LP, TILE_N]: max over each lhs field's BM rows
+    if F_LP == 1:
+        out = tl.max(s, axis=0)[None, :]
+    else:
+        out = tl.max(tl.reshape(s, (F_LP, BM, TILE_N)), axis=1)
+    return out
+
+
+@triton.jit
+def _cols_sum(s, TILE_N: tl.constexpr, F_LP: tl.constexpr, BM: tl.constexpr):
+    if F_LP == 1:
+        out = tl.sum(s, axis=0)[None, :]
+    else:
+        out = tl.sum(tl.reshape(s, (F_LP, BM, TILE_N)), axis=1)
+    return out
+
+
+@triton.jit
+def _expand_rows(v, TILE_M: tl.constexpr, TILE_N: tl.constexpr, F_RP: tl.constexpr, BN: tl.constexpr):
+    # [TILE_M, F_RP] -> [TILE_M, F_RP * BN]: value of pair (l_m, r_n) at every column
+    if F_RP == 1:
+        out = tl.broadcast_to(v, (TILE_M, TILE_N))
+    else:
+        out = tl.reshape(tl.broadcast_to(v[:, :, None], (TILE_M, F_RP, BN)), (TILE_M, TILE_N))
+    return out
+
+
+@triton.jit
+def _expand_cols(v, TILE_M: tl.constexpr, TILE_N: tl.constexpr, F_LP: tl.constexpr, BM: tl.constexpr):
+    # [F_LP, TILE_N] -> [F_LP * BM, TILE_N]
+    if F_LP == 1:
+        out = tl.broadcast_to(v, (TILE_M, TILE_N))
+    else:
+        out = tl.reshape(tl.broadcast_to(v[:, None, :], (F_LP, BM, TILE_N)), (TILE_M, TILE_N))
+    return out
+
+
+@triton.jit
+def _lse2_merge(a, b):
+    # log2(2^a + 2^b), exact for -inf operands
+    m = tl.maximum(a, b)
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    return m_safe + tl.log2(tl.exp2(a - m_safe) + tl.exp2(b - m_safe))
+
+
+@triton.jit
+def _load_row_stat(
+    ptr,  # [P, B] float32 per-pair statistic
+    l_m, i_m, row_ok, F_R: tl.constexpr, F_RP: tl.constexpr, B, other,
+):
+    # -> [TILE_M, F_RP]: stat[l_m * F_R + r, i_m]
+    r = tl.arange(0, F_RP)
+    offs = (l_m[:, None] * F_R + r[None, :]).to(tl.int64) * B + i_m[:, None]
+    return tl.load(ptr + offs, mask=row_ok[:, None] & (r < F_R)[None, :], other=other)
+
+
+@triton.jit
+def _load_col_stat(
+    ptr,  # [P, B] float32 per-pair statistic (columns j < B only)
+    r_n, j_n, col_ok, F_L: tl.constexpr, F_R: tl.constexpr, F_LP: tl.constexpr, B, other,
+):
+    # -> [F_LP, TILE_N]: stat[l * F_R + r_n, j_n]
+    l = tl.arange(0, F_LP)
+    offs = (l[:, None] * F_R + r_n[None, :]).to(tl.int64) * B + j_n[None, :]
+    ok = (l < F_L)[:, None] & (col_ok & (j_n < B))[None, :]
+    return tl.load(ptr + offs, mask=ok, other=other)
+
+
+@triton.jit
+def _dscores(
+    s2, rbias, cbias, dcoef, i_m, j_n,
+    TILE_M: tl.constexpr, TILE_N: tl.constexpr, F_LP: tl.constexpr, F_RP: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, HAS_ROW: tl.constexpr, HAS_COL: tl.constexpr,
+):
+    # dS / g = a*rw_i*P_row + a*cw_j*P_col - [i == j] * a*(rw_i + cw_i), with the weights
+    # folded into the exponent: a*rw_i*P_row = 2^(S2 - (lse2_row - log2(a*rw_i))) = 2^(S2 - rbias).
+    # Masked or padded entries have S2 = -inf (or bias = +inf) and get exactly 0.
+    ds = tl.zeros((TILE_M, TILE_N), dtype=tl.float32)
+    if HAS_ROW:
+        ds += tl.exp2(s2 - _expand_rows(rbias, TILE_M, TILE_N, F_RP, BN))
+    if HAS_COL:
+        ds += tl.exp2(s2 - _expand_cols(cbias, TILE_M, TILE_N, F_LP, BM))
+    on_diag = i_m[:, None] == j_n[None, :]
+    ds -= tl.where(on_diag, _expand_rows(dcoef, TILE_M, TILE_N, F_RP, BN), 0.0)
+    return ds
+
+
+# --------------------------------------------------------------------------------------
+# Forward
+# --------------------------------------------------------------------------------------
+@triton.jit
+def _gcl_fwd_stats_kernel(
+    x_ptr,        # [F_L, B, D] lhs embeddings, input dtype, contiguous
+    y_ptr,        # [F_R, B_R, D] rhs embeddings, same dtype, contiguous
+    scale_ptr,    # [] float32 logit scale s (a multiplier)
+    lg_ptr,       # [B] int64 lhs group ids (read only if HAS_LG)
+    rg_ptr,       # [B_R] int64 rhs group ids (read only if HAS_RG)
+    rowpart_ptr,  # [C, P, B] float32 out: log2-sum-exp2 of S2 over column group c (if HAS_ROW)
+    colpart_ptr,  # [G, P, B] float32 out: log2-sum-exp2 of S2 over row group g (if HAS_COL)
+    B, B_R, D, G, GROUP_ROWS, GROUP_COLS,
+    F_L: tl.constexpr, F_R: tl.constexpr, F_LP: tl.constexpr, F_RP: tl.constexpr,
+    HAS_ROW: tl.constexpr, HAS_COL: tl.constexpr, HAS_LG: tl.constexpr, HAS_RG: tl.constexpr,
+    CAST_F32: tl.constexpr, PRECISION: tl.constexpr,
+    TILE_M: tl.constexpr, TILE_N: tl.constexpr, BK: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr,  # rows / columns per field: TILE_M // F_LP, TILE_N // F_RP
+):
+    # For every pair p = (l, r), row i < B and column j < B (GCL_SPEC section 1):
+    #   row[i] = log sum_{j < B_R, kept} exp(S[i, j]),  col[j] = log sum_{i < B, kept} exp(S[i, j])
+    # in log2 units; this program covers rows [g*GROUP_ROWS, ...) x columns [c*GROUP_COLS, ...).
+    P = F_L * F_R
+    pid = tl.program_id(0)
+    g = pid % G
+    c = pid // G
+    scale2 = tl.load(scale_ptr) * 1.4426950408889634
+    row_lo = g * GROUP_ROWS
+    row_hi = tl.minimum(row_lo + GROUP_ROWS, B)
+    col_lo = c * GROUP_COLS
+    col_hi = tl.minimum(col_lo + GROUP_COLS, B_R)
+    offs_m = tl.arange(0, TILE_M)
+    offs_n = tl.arange(0, TILE_N)
+    l_m = offs_m // BM
+    r_n = offs_n // BN
+    r_all = tl.arange(0, F_RP)
+    l_all = tl.arange(0, F_LP)
+
+    for row0 in range(row_lo, row_hi, BM):
+        i_m = row0 + offs_m % BM
+        row_ok = (l_m < F_L) & (i_m < B)
+        m_run = tl.full((TILE_M, F_RP), float("-inf"), dtype=tl.float32)
+        l_run = tl.zeros((TILE_M, F_RP), dtype=tl.float32)
+        for col0 in range(col_lo, col_hi, BN):
+            j_n = col0 + offs_n % BN
+            col_ok = (r_n < F_R) & (j_n < B_R)
+            dot = _tile_scores(x_ptr, y_ptr, l_m, i_m, row_ok, r_n, j_n, col_ok, B, B_R, D,
+                               TILE_M, TILE_N, BK, CAST_F32, PRECISION)
+            keep = _keep_mask(lg_ptr, rg_ptr, i_m, row_ok, j_n, col_ok, B, B_R, HAS_LG, HAS_RG)
+            s2 = tl.where(keep, dot * scale2, float("-inf"))
+            if HAS_ROW:
+                # online log-sum-exp along the row (flash-attention), per rhs field
+                m_new = tl.maximum(m_run, _rows_max(s2, TILE_M, F_RP, BN))
+                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+                p = tl.exp2(s2 - _expand_rows(m_safe, TILE_M, TILE_N, F_RP, BN))
+                l_run = l_run * tl.exp2(m_run - m_safe) + _rows_sum(p, TILE_M, F_RP, BN)
+                m_run = m_new
+            if HAS_COL:
+                # this tile's column log-sum-exp, merged into the slice of colpart[g] that
+                # only this program writes; the first row block of the group initialises it
+                c_max = _cols_max(s2, TILE_N, F_LP, BM)
+                c_safe = tl.where(c_max == float("-inf"), 0.0, c_max)
+                q = tl.exp2(s2 - _expand_cols(c_safe, TILE_M, TILE_N, F_LP, BM))
+                t = c_safe + tl.log2(_cols_sum(q, TILE_N, F_LP, BM))
+                offs = ((g * P + l_all[:, None] * F_R + r_n[None, :]).to(tl.int64) * B
+                        + j_n[None, :])
+                ok = (l_all < F_L)[:, None] & (col_ok & (j_n < B))[None, :]
+                # the previous row block's store may come from other threads of this program
+                tl.debug_barrier()
+                old = tl.load(colpart_ptr + offs, mask=ok & (row0 > row_lo), other=float("-inf"))
+                tl.store(colpart_ptr + offs, _lse2_merge(old, t), mask=ok)
+        if HAS_ROW:
+            offs = ((c * P + l_m[:, None] * F_R + r_all[None, :]).to(tl.int64) * B + i_m[:, None])
+            tl.store(rowpart_ptr + offs, m_run + tl.log2(l_run),
+                     mask=row_ok[:, None] & (r_all < F_R)[None, :])
+
+
+@triton.jit
+def _gcl_fwd_merge_kernel(
+    x_ptr,         # [F_L, B, D] lhs embeddings
+    y_ptr,         # [F_R, B_R, D] rhs embeddings
+    scale_ptr,     # [] float32 logit scale s
+    rowpart_ptr,   # [C, P, B] float32 row partials (if HAS_ROW)
+    colpart_ptr,   # [G, P, B] float32 column partials (if HAS_COL)
+    rw_ptr,        # [B] float32 row weights c_row * w / Z (if HAS_ROW)
+    cw_ptr,        # [B] float32 column weights c_col * w / Z (if HAS_COL)
+    a_ptr,         # [F_L, F_R] float32 field-pair weights
+    rbias_ptr,     # [P, B] float32 out: lse2_row - log2(a * rw), +inf where a * rw == 0
+    cbias_ptr,     # [P, B] float32 out: lse2_col - log2(a * cw)
+    dcoef_ptr,     # [P, B] float32 out: a * (rw + cw), the diagonal's share of dS
+    loss_ptr,      # [n_programs] float32 out: this program's part of the loss
+    B, B_R, D, G, C,
+    F_L: tl.constexpr, F_R: tl.constexpr, F_LP: tl.constexpr, F_RP: tl.constexpr,
+    PP: tl.constexpr, HAS_ROW: tl.constexpr, HAS_COL: tl.constexpr,
+    BLOCK: tl.constexpr, BK: tl.constexpr,
+):
+    # L = sum_{l,r} a[l,r] * sum_i ( rw_i (row_lse_i - S_ii) + cw_i (col_lse_i - S_ii) ),
+    # natural log: lse = lse2 * ln 2, S_ii = s * <x[l, i], y[r, i]>.
+    # PP = F_LP * F_RP (padded pairs) comes in as an argument: arange needs a constexpr
+    P = F_L * F_R
+    pid = tl.program_id(0)
+    s = tl.load(scale_ptr)
+    pl = tl.arange(0, PP) // F_RP
+    pr = tl.arange(0, PP) % F_RP
+    p_ok = (pl < F_L) & (pr < F_R)
+    pidx = pl * F_R + pr
+    i = pid * BLOCK + tl.arange(0, BLOCK)
+    i_ok = i < B
+    ok = p_ok[:, None] & i_ok[None, :]
+    offs_pb = pidx[:, None].to(tl.int64) * B + i[None, :]
+
+    # diagonal <x[l, i], y[r, i]> for every pair, [PP, BLOCK]
+    offs_k = tl.arange(0, BK)
+    x_rows = (pl[:, None].to(tl.int64) * B + i[None, :]) * D
+    y_rows = (pr[:, None].to(tl.int64) * B_R + i[None, :]) * D
+    diag = tl.zeros((PP, BLOCK), dtype=tl.float32)
+    for k0 in range(0, D, BK):
+        kk = k0 + offs_k
+        m3 = ok[:, :, None] & (kk < D)[None, None, :]
+        xv = tl.load(x_ptr + x_rows[:, :, None] + kk[None, None, :], mask=m3, other=0.0)
+        yv = tl.load(y_ptr + y_rows[:, :, None] + kk[None, None, :], mask=m3, other=0.0)
+        diag += tl.sum(xv.to(tl.float32) * yv.to(tl.float32), axis=2)
+    s_diag = s * diag
+
+    a = tl.load(a_ptr + pidx, mask=p_ok, other=0.0)[:, None]
+    loss = tl.zeros((PP, BLOCK), dtype=tl.float32)
+    dcoef = tl.zeros((PP, BLOCK), dtype=tl.float32)
+    if HAS_ROW:
+        lse = tl.full((PP, BLOCK), float("-inf"), dtype=tl.float32)
+        for cc in range(0, C):
+            v = tl.load(rowpart_ptr + cc * P * B + offs_pb, mask=ok, other=float("-inf"))
+            lse = _lse2_merge(lse, v)
+        rw = tl.load(rw_ptr + i, mask=i_ok, other=0.0)[None, :]
+        aw = a * rw
+        loss += tl.where(ok, aw * (lse * 0.6931471805599453 - s_diag), 0.0)
+        tl.store(rbias_ptr + offs_pb, lse - tl.log2(aw), mask=ok)
+        dcoef += aw
+    if HAS_COL:
+        lse = tl.full((PP, BLOCK), float("-inf"), dtype=tl.float32)
+        for gg in range(0, G):
+            v = tl.load(colpart_ptr + gg * P * B + offs_pb, mask=ok, other=float("-inf"))
+            lse = _lse2_merge(lse, v)
+        cw = tl.load(cw_ptr + i, mask=i_ok, other=0.0)[None, :]
+        aw = a * cw
+        loss += tl.where(ok, aw * (lse * 0.6931471805599453 - s_diag), 0.0)
+        tl.store(cbias_ptr + offs_pb, lse - tl.log2(aw), mask=ok)
+        dcoef += aw
+    tl.store(dcoef_ptr + offs_pb, dcoef, mask=ok)
+    tl.store(loss_ptr + pid, tl.sum(tl.sum(loss, axis=1), axis=0))
+
+
+# --------------------------------------------------------------------------------------
+# Backward
+# --------------------------------------------------------------------------------------
+@triton.jit
+def _gcl_bwd_dx_kernel(
+    x_ptr,       # [F_L, B, D] lhs embeddings
+    y_ptr,       # [F_R, B_R, D] rhs embeddings
+    scale_ptr,   # [] float32 logit scale s
+    gout_ptr,    # [] float32 upstream gradient g of the loss
+    lg_ptr,      # [B] int64 lhs group ids (if HAS_LG)
+    rg_ptr,      # [B_R] int64 rhs group ids (if HAS_RG)
+    rbias_ptr,   # [P, B] float32 row bias from the forward (if HAS_ROW)
+    cbias_ptr,   # [P, B] float32 column bias from the forward (if HAS_COL)
+    dcoef_ptr,   # [P, B] float32 diagonal coefficient from the forward
+    dx_ptr,      # [F_L, B, D] out: d loss / d lhs, input dtype
+    dsrow_ptr,   # [F_L, B] float32 out: sum_j dS[i, j] * <x_i, y_j> / g (for d logit_scale)
+    B, B_R, D,
+    F_L: tl.constexpr, F_R: tl.constexpr, F_LP: tl.constexpr, F_RP: tl.constexpr,
+    HAS_ROW: tl.constexpr, HAS_COL: tl.constexpr, HAS_LG: tl.constexpr, HAS_RG: tl.constexpr,
+    CAST_F32: tl.constexpr, PRECISION: tl.constexpr,
+    TILE_M: tl.constexpr, TILE_N: tl.constexpr, BK: tl.constexpr, D_OUT: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr,  # rows / columns per field: TILE_M // F_LP, TILE_N // F_RP
+):
+    # dx[l, i, d] = s * g * sum_r sum_j dS_lr[i, j] * y[r, j, d]   for d in this D_OUT chunk
+    # ds          = g * sum_{l,r,i,j} dS_lr[i, j] * <x[l, i], y[r, j]>  (= sum dS * S / s)
+    pid_m = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    scale = tl.load(scale_ptr)
+    scale2 = scale * 1.4426950408889634
+    coef = scale * tl.load(gout_ptr)
+    offs_m = tl.arange(0, TILE_M)
+    offs_n = tl.arange(0, TILE_N)
+    l_m = offs_m // BM
+    i_m = pid_m * BM + offs_m % BM
+    row_ok = (l_m < F_L) & (i_m < B)
+    r_n = offs_n // BN
+    rbias = tl.zeros((TILE_M, F_RP), dtype=tl.float32)
+    if HAS_ROW:
+        rbias = _load_row_stat(rbias_ptr, l_m, i_m, row_ok, F_R, F_RP, B, float("inf"))
+    dcoef = _load_row_stat(dcoef_ptr, l_m, i_m, row_ok, F_R, F_RP, B, 0.0)
+    offs_d = pid_d * D_OUT + tl.arange(0, D_OUT)
+    d_ok = offs_d < D
+    acc = tl.zeros((TILE_M, D_OUT), dtype=tl.float32)
+    ds_acc = tl.zeros((TILE_M,), dtype=tl.float32)
+    for col0 in range(0, B_R, BN):
+        j_n = col0 + offs_n % BN
+        col_ok = (r_n < F_R) & (j_n < B_R)
+        dot = _tile_scores(x_ptr, y_ptr, l_m, i_m, row_ok, r_n, j_n, col_ok, B, B_R, D,
+                           TILE_M, TILE_N, BK, CAST_F32, PRECISION)
+        keep = _keep_mask(lg_ptr, rg_ptr, i_m, row_ok, j_n, col_ok, B, B_R, HAS_LG, HAS_RG)
+        s2 = tl.where(keep, dot * scale2, float("-inf"))
+        cbias = tl.zeros((F_LP, TILE_N), dtype=tl.float32)
+        if HAS_COL:
+            cbias = _load_col_stat(cbias_ptr, r_n, j_n, col_ok, F_L, F_R, F_LP, B, float("inf"))
+        ds = _dscores(s2, rbias, cbias, dcoef, i_m, j_n, TILE_M, TILE_N, F_LP, F_RP, BM, BN,
+                      HAS_ROW, HAS_COL)
+        ds_acc += tl.sum(ds * dot, axis=1)
+        y_rows = y_ptr + (r_n.to(tl.int64) * B_R + j_n) * D
+        yo = tl.load(y_rows[:, None] + offs_d[None, :], mask=col_ok[:, None] & d_ok[None, :],
+                     other=0.0)
+        if CAST_F32:
+            acc = tl.dot(ds, yo.to(tl.float32), acc, input_precision=PRECISION)
+        else:
+            acc = tl.dot(ds.to(yo.dtype), yo, acc, input_precision=PRECISION)
+    x_rows = (l_m.to(tl.int64) * B + i_m) * D
+    tl.store(dx_ptr + x_rows[:, None] + offs_d[None, :],
+             (acc * coef).to(dx_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+    tl.store(dsrow_ptr + l_m * B + i_m, ds_acc, mask=row_ok & (pid_d == 0))
+
+
+@triton.jit
+def _gcl_bwd_dy_kernel(
+    x_ptr,       # [F_L, B, D] lhs embeddings
+    y_ptr,       # [F_R, B_R, D] rhs embeddings
+    scale_ptr,   # [] float32 logit scale s
+    gout_ptr,    # [] float32 upstream gradient g
+    lg_ptr,      # [B] int64 lhs group ids (if HAS_LG)
+    rg_ptr,      # [B_R] int64 rhs group ids (if HAS_RG)
+    rbias_ptr,   # [P, B] float32 row bias (if HAS_ROW)
+    cbias_ptr,   # [P, B] float32 column bias (if HAS_COL)
+    dcoef_ptr,   # [P, B] float32 diagonal coefficient
+    dy_ptr,      # [F_R, B_R, D] out: d loss / d rhs, input dtype
+    B, B_R, D,
+    F_L: tl.constexpr, F_R: tl.constexpr, F_LP: tl.constexpr, F_RP: tl.constexpr,
+    HAS_ROW: tl.constexpr, HAS_COL: tl.constexpr, HAS_LG: tl.constexpr, HAS_RG: tl.constexpr,
+    CAST_F32: tl.constexpr, PRECISION: tl.constexpr,
+    TILE_M: tl.constexpr, TILE_N: tl.constexpr, BK: tl.constexpr, D_OUT: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr,  # rows / columns per field: TILE_M // F_LP, TILE_N // F_RP
+):
+    # dy[r, j, d] = s * g * sum_l sum_i dS_lr[i, j] * x[l, i, d]   for d in this D_OUT chunk
+    pid_n = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    scale = tl.load(scale_ptr)
+    scale2 = scale * 1.4426950408889634
+    coef = scale * tl.load(gout_ptr)
+    offs_m = tl.arange(0, TILE_M)
+    offs_n = tl.arange(0, TILE_N)
+    l_m = offs_m // BM
+    r_n = offs_n // BN
+    j_n = pid_n * BN + offs_n % BN
+    col_ok = (r_n < F_R) & (j_n < B_R)
+    cbias = tl.zeros((F_LP, TILE_N), dtype=tl.float32)
+    if HAS_COL:
+        cbias = _load_col_stat(cbias_ptr, r_n, j_n, col_ok, F_L, F_R, F_LP, B, float("inf"))
+    offs_d = pid_d * D_OUT + tl.arange(0, D_OUT)
+    d_ok = offs_d < D
+    acc = tl.zeros((TILE_N, D_OUT), dtype=tl.float32)
+    for row0 in range(0, B, BM):
+        i_m = row0 + offs_m % BM
+        row_ok = (l_m < F_L) & (i_m < B)
+        dot = _tile_scores(x_ptr, y_ptr, l_m, i_m, row_ok, r_n, j_n, col_ok, B, B_R, D,
+                           TILE_M, TILE_N, BK, CAST_F32, PRECISION)
+        keep = _keep_mask(lg_ptr, rg_ptr, i_m, row_ok, j_n, col_ok, B, B_R, HAS_LG, HAS_RG)
+        s2 = tl.where(keep, dot * scale2, float("-inf"))
+        rbias = tl.zeros((TILE_M, F_RP), dtype=tl.float32)
+        if HAS_ROW:
+            rbias = _load_row_stat(rbias_ptr, l_m, i_m, row_ok, F_R, F_RP, B, float("inf"))
+        dcoef = _load_row_stat(dcoef_ptr, l_m, i_m, row_ok, F_R, F_RP, B, 0.0)
+        ds = _dscores(s2, rbias, cbias, dcoef, i_m, j_n, TILE_M, TILE_N, F_LP, F_RP, BM, BN,
+                      HAS_ROW, HAS_COL)
+        x_rows = x_ptr + (l_m.to(tl.int64) * B + i_m) * D
+        xo = tl.load(x_rows[:, None] + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :],
+                     other=0.0)
+        if CAST_F32:
+            acc = tl.dot(tl.trans(ds), xo.to(tl.float32), acc, input_precision=PRECISION)
+        else:
+            acc = tl.dot(tl.trans(ds.to(xo.dtype)), xo, acc, input_precision=PRECISION)
+    y_rows = (r_n.to(tl.int64) * B_R + j_n) * D
+    tl.store(dy_ptr + y_rows[:, None] + offs_d[None, :],
+             (acc * coef).to(dy_ptr.dtype.element_ty), mask=col_ok[:, None] & d_ok[None, :])
+
+
+# --------------------------------------------------------------------------------------
+# Launchers: configs, shape checks, allocation
+# --------------------------------------------------------------------------------------
+def _fp32_precision() -> str:
+    value = os.environ.get("GCL_TRITON_FP32_PRECISION", "ieee")
+    if value not in _FP32_PRECISIONS:
+        raise ValueError(
+            f"GCL_TRITON_FP32_PRECISION: expected one of {_FP32_PRECISIONS}, got {value!r}"
+        )
+    return value
+
+
+def _autotune_enabled() -> bool:
+    return os.environ.get("GCL_TRITON_AUTOTUNE", "1") != "0"
+
+
+def _config(num_warps, num_stages, **kwargs):
+    return triton.Config(kwargs, num_warps=num_warps, num_stages=num_stages)
+
+
+# Curated, not exhaustive: each key (D, F_LP, F_RP, directions, dtype) benchmarks every
+# config once, so the lists stay short. The first entry is the default when autotune is off.
+_FWD_CONFIGS = [
+    _config(8, 3, TILE_M=128, TILE_N=128, BK=64),
+    _config(8, 4, TILE_M=128, TILE_N=128, BK=32),
+    _config(4, 3, TILE_M=128, TILE_N=64, BK=64),
+    _config(4, 3, TILE_M=64, TILE_N=128, BK=64),
+    _config(4, 4, TILE_M=64, TILE_N=64, BK=64),
+]
+# (stationary tile, streamed tile, D_OUT): the stationary tile times D_OUT float32
+# accumulators must fit in registers (<= 32K per program); a smaller D_OUT means more
+# programs per row block, each recomputing S (docs/triton_kernel.md).
+_BWD_SHAPES = [
+    # stationary, streamed, BK, D_OUT, warps, stages
+    (64, 64, 64, 512, 8, 2),
+    (64, 64, 64, 256, 4, 2),
+    (128, 64, 64, 256, 8, 2),
+    (64, 128, 64, 128, 8, 2),
+    (128, 128, 64, 128, 8, 2),
+    (32, 64, 64, 1024, 8, 2),
+]
+_DX_CONFIGS = [_config(w, st, TILE_M=a, TILE_N=b, BK=k, D_OUT=d) for a, b, k, d, w, st in _BWD_SHAPES]
+_DY_CONFIGS = [_config(w, st, TILE_M=b, TILE_N=a, BK=k, D_OUT=d) for a, b, k, d, w, st in _BWD_SHAPES]
+# GROUP_ROWS / GROUP_COLS of the forward are multiples of this, hence of every config's BM, BN.
+_GPU_GROUP_ALIGN = 128
+
+
+def _clamp_configs(configs, d: int):
+    """Shrink BK and D_OUT to the padded D (no point loading past it), drop duplicates."""
+    dmax = max(16, triton.next_power_of_2(d))
+    seen, out = set(), []
+    for cfg in configs:
+        kw = dict(cfg.kwargs)
+        kw["BK"] = min(kw["BK"], dmax)
+        if "D_OUT" in kw:
+            kw["D_OUT"] = min(kw["D_OUT"], dmax)
+        key = (tuple(sorted(kw.items())), cfg.num_warps, cfg.num_stages)
+        if key not in seen:
+            seen.add(key)
+            out.append(triton.Config(kw, num_warps=cfg.num_warps, num_stages=cfg.num_stages))
+    return out
+
+
+def _bwd_cost(cfg, d: int, stationary: str) -> float:
+    """Rough per-tile cost of a backward config: S recomputed once per D_OUT chunk, plus the
+    (padded) gradient product; thin stationary tiles run the tensor cores below rate."""
+    d_out = cfg.kwargs["D_OUT"]
+    n_chunks = -(-d // d_out)
+    cost = n_chunks * (d + d_out)
+    if cfg.kwargs[stationary] < 64:
+        cost /= 0.6
+    return cost
+
+
+def _prune_fwd(configs, named_args, **kwargs):
+    configs = _clamp_configs(configs, named_args["D"])
+    return configs if _autotune_enabled() else configs[:1]
+
+
+def _prune_dx(configs, named_args, **kwargs):
+    configs = _clamp_configs(configs, named_args["D"])
+    if _autotune_enabled():
+        return configs
+    return [min(configs, key=lambda c: _bwd_cost(c, named_args["D"], "TILE_M"))]
+
+
+def _prune_dy(configs, named_args, **kwargs):
+    configs = _clamp_configs(configs, named_args["D"])
+    if _autotune_enabled():
+        return configs
+    return [min(configs, key=lambda c: _bwd_cost(c, named_args["D"], "TILE_N"))]
+
+
+_TUNE_KEY = ["D", "F_LP", "F_RP", "HAS_ROW", "HAS_COL"]
+# BM and BN follow from the tuned tile and the field count; derived outside the kernel
+# because constexpr arithmetic inside it does not survive the interpreter.
+_PER_FIELD = triton.heuristics({
+    "BM": lambda a: a["TILE_M"] // a["F_LP"],
+    "BN": lambda a: a["TILE_N"] // a["F_RP"],
+})
+if not _INTERPRET:
+    _fwd_stats_tuned = triton.autotune(_FWD_CONFIGS, key=_TUNE_KEY,
+                                       prune_configs_by={"early_config_prune": _prune_fwd})(
+        _PER_FIELD(_gcl_fwd_stats_kernel))
+    _bwd_dx_tuned = triton.autotune(_DX_CONFIGS, key=_TUNE_KEY,
+                                    prune_configs_by={"early_config_prune": _prune_dx})(
+        _PER_FIELD(_gcl_bwd_dx_kernel))
+    _bwd_dy_tuned = triton.autotune(_DY_CONFIGS, key=_TUNE_KEY,
+                                    prune_configs_by={"early_config_prune": _prune_dy})(
+        _PER_FIELD(_gcl_bwd_dy_kernel))
+
+
+def _interpret_tiles(f_lp: int, f_rp: int) -> dict:
+    t = _INTERPRET_TILES
+    tile_m = t["TILE"] if f_lp == 1 else max(t["TILE_MULTI"], 4 * f_lp)
+    tile_n = t["TILE"] if f_rp == 1 else max(t["TILE_MULTI"], 4 * f_rp)
+    return {"TILE_M": tile_m, "TILE_N": tile_n, "BK": t["BK"],
+            "BM": tile_m // f_lp, "BN": tile_n // f_rp}
+
+
+def _groups(n: int, target: int, align: int):
+    """Split n rows (or columns) into at most `target` groups whose size is a multiple of align."""
+    per = align * triton.cdiv(triton.cdiv(n, target), align)
+    return per, triton.cdiv(n, per)
+
+
+def _check_inputs(inp: GCLInputs) -> None:
+    x, y = inp.x, inp.y
+    if x.dtype not in SUPPORTED_DTYPES:
+        hint = " (use impl='chunked' or impl='reference' for float64)" if x.dtype == torch.float64 else ""
+        raise ValueError(
+            f"lhs: impl='triton' serves float32, float16 and bfloat16 inputs, got {x.dtype}{hint}"
+        )
+    if not _INTERPRET and (not x.is_cuda or not y.is_cuda):
+        raise ValueError(
+            f"lhs: impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before "
+            f"gcl_kernels.ops.triton_gcl is imported), got device {x.device}; "
+            f"impl='chunked' runs anywhere"
+        )
+    f_l, f_r, b, b_r, d = inp.shape
+    if f_l > MAX_FIELDS or f_r > MAX_FIELDS:
+        raise ValueError(
+            f"lhs/rhs: impl='triton' supports at most {MAX_FIELDS} fields per side, "
+            f"got F_L={f_l}, F_R={f_r}; use impl='chunked'"
+        )
+    if d > MAX_D:
+        raise ValueError(f"lhs: impl='triton' supports D <= {MAX_D}, got D={d}; use impl='chunked'")
+    if b_r < b:
+        raise ValueError(f"rhs: expected B_R >= B, got B_R={b_r} < B={b}")
+    for name, t in (("lhs", x), ("rhs", y)):
+        if not t.is_contiguous():
+            raise ValueError(f"{name}: impl='triton' needs a contiguous tensor, got strides {t.stride()}")
+    if inp.logit_scale.dtype != torch.float32 or inp.logit_scale.numel() != 1:
+        raise ValueError(
+            f"logit_scale: expected a float32 scalar tensor, got dtype {inp.logit_scale.dtype}, "
+            f"shape {tuple(inp.logit_scale.shape)}"
+        )
+    if inp.row_weights is None and inp.col_weights is None:
+        raise ValueError("row_weights/col_weights: at least one direction must be present")
+
+
+def _flags(inp: GCLInputs) -> dict:
+    f_l, f_r = inp.x.shape[0], inp.y.shape[0]
+    return dict(
+        F_L=f_l, F_R=f_r,
+        F_LP=triton.next_power_of_2(f_l), F_RP=triton.next_power_of_2(f_r),
+        HAS_ROW=inp.row_weights is not None, HAS_COL=inp.col_weights is not None,
+        HAS_LG=inp.lhs_groups is not None, HAS_RG=inp.rhs_groups is not None,
+        CAST_F32=_INTERPRET,
+        PRECISION=_fp32_precision() if inp.x.dtype == torch.float32 else "tf32",
+    )
+
+
+def _forward(inp: GCLInputs, row_groups: int | None = None, col_groups: int | None = None):
+    """Loss and the per-pair statistics the backward needs (rbias, cbias, dcoef: [P, B])."""
+    x, y = inp.x, inp.y
+    f_l, f_r, b, b_r, d = inp.shape
+    p = f_l * f_r
+    fl = _flags(inp)
+    dev = x.device
+    f32 = dict(dtype=torch.float32, device=dev)
+    dummy = torch.empty(1, **f32)
+    scale = inp.logit_scale.detach().reshape(1).contiguous()
+    lg = inp.lhs_groups if inp.lhs_groups is not None else torch.empty(1, dtype=torch.int64, device=dev)
+    rg = inp.rhs_groups if inp.rhs_groups is not None else torch.empty(1, dtype=torch.int64, device=dev)
+    # without a row term only the columns j < B carry a statistic, so sweep only those
+    n_cols = b_r if fl["HAS_ROW"] else b
+    if _INTERPRET:
+        tiles = _interpret_tiles(fl["F_LP"], fl["F_RP"])
+        align_m, align_n = tiles["BM"], tiles["BN"]
+    else:
+        align_m = align_n = _GPU_GROUP_ALIGN
+    group_rows, g = _groups(b, row_groups or _FWD_ROW_GROUPS, align_m)
+    group_cols, c = _groups(n_cols, col_groups or _FWD_COL_GROUPS, align_n)
+    rowpart = torch.empty((c, p, b), **f32) if fl["HAS_ROW"] else dummy
+    colpart = torch.empty((g, p, b), **f32) if fl["HAS_COL"] else dummy
+    args = (x, y, scale, lg, rg, rowpart, colpart, b, n_cols, d, g, group_rows, group_cols)
+    if _INTERPRET:
+        _gcl_fwd_stats_kernel[(g * c,)](*args, **fl, **tiles)
+    else:
+        _fwd_stats_tuned[(g * c,)](*args, **fl)
+
+    pp = fl["F_LP"] * fl["F_RP"]
+    block = 32
+    bk = max(16, min(256, 8192 // (pp * block)))
+    n_prog = triton.cdiv(b, block)
+    rbias = torch.empty((p, b), **f32) if fl["HAS_ROW"] else dummy
+    cbias = torch.empty((p, b), **f32) if fl["HAS_COL"] else dummy
+    dcoef = torch.empty((p, b), **f32)
+    loss_part = torch.empty(n_prog, **f32)
+    a = inp.field_weights.to(torch.float32).contiguous()
+    rw = inp.row_weights if inp.row_weights is not None else dummy
+    cw = inp.col_weights if inp.col_weights is not None else dummy
+    _gcl_fwd_merge_kernel[(n_prog,)](
+        x, y, scale, rowpart, colpart, rw, cw, a, rbias, cbias, dcoef, loss_part,
+        b, b_r, d, g, c,
+        F_L=fl["F_L"], F_R=fl["F_R"], F_LP=fl["F_LP"], F_RP=fl["F_RP"], PP=pp,
+        HAS_ROW=fl["HAS_ROW"], HAS_COL=fl["HAS_COL"], BLOCK=block, BK=bk,
+    )
+    return loss_part.sum(), (rbias, cbias, dcoef)
+
+
+def _backward(inp: GCLInputs, stats, gout: torch.Tensor, need_dx: bool, need_dy: bool):
+    """dx [F_L, B, D], dy [F_R, B_R, D] (input dtype) and the float32 sum for d logit_scale."""
+    x, y = inp.x, inp.y
+    f_l, f_r, b, b_r, d = inp.shape
+    fl = _flags(inp)
+    dev = x.device
+    rbias, cbias, dcoef = stats
+    scale = inp.logit_scale.detach().reshape(1).contiguous()
+    g = gout.detach().to(torch.float32).reshape(1).contiguous()
+    lg = inp.lhs_groups if inp.lhs_groups is not None else torch.empty(1, dtype=torch.int64, device=dev)
+    rg = inp.rhs_groups if inp.rhs_groups is not None else torch.empty(1, dtype=torch.int64, device=dev)
+    # without a row term, dS is zero on every column j >= B
+    n_cols = b_r if fl["HAS_ROW"] else b
+    dx = dy = None
+    dsrow = torch.empty((f_l, b), dtype=torch.float32, device=dev)
+    common = (x, y, scale, g, lg, rg, rbias, cbias, dcoef)
+    if need_dx:
+        dx = torch.empty_like(x)
+        args = common + (dx, dsrow, b, n_cols, d)
+        if _INTERPRET:
+            t = dict(_interpret_tiles(fl["F_LP"], fl["F_RP"]), D_OUT=_INTERPRET_TILES["D_OUT"])
+            grid = (triton.cdiv(b, t["BM"]), triton.cdiv(d, t["D_OUT"]))
+            _gcl_bwd_dx_kernel[grid](*args, **fl, **t)
+        else:
+            f_lp = fl["F_LP"]
+            _bwd_dx_tuned[lambda m: (triton.cdiv(b, m["TILE_M"] // f_lp), triton.cdiv(d, m["D_OUT"]))](
+                *args, **fl)
+    if need_dy:
+        dy = torch.empty_like(y) if n_cols == b_r else torch.zeros_like(y)
+        args = common + (dy, b, n_cols, d)
+        if _INTERPRET:
+            t = dict(_interpret_tiles(fl["F_LP"], fl["F_RP"]), D_OUT=_INTERPRET_TILES["D_OUT"])
+            grid = (triton.cdiv(n_cols, t["BN"]), triton.cdiv(d, t["D_OUT"]))
+            _gcl_bwd_dy_kernel[grid](*args, **fl, **t)
+        else:
+            f_rp = fl["F_RP"]
+            _bwd_dy_tuned[lambda m: (triton.cdiv(n_cols, m["TILE_N"] // f_rp), triton.cdiv(d, m["D_OUT"]))](
+                *args, **fl)
+    return dx, dy, dsrow
+
+
+class _GCLTritonFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, y, logit_scale, row_w, col_w, field_w, lhs_groups, rhs_groups):
+        inp = GCLInputs(x, y, logit_scale, row_w, col_w, field_w, lhs_groups, rhs_groups)
+        loss, stats = _forward(inp)
+        ctx.save_for_backward(x, y, logit_scale, row_w, col_w, field_w, lhs_groups, rhs_groups, *stats)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, y, logit_scale, row_w, col_w, field_w, lg, rg, *stats = ctx.saved_tensors
+        need_x, need_y, need_s = ctx.needs_input_grad[:3]
+        inp = GCLInputs(x, y, logit_scale, row_w, col_w, field_w, lg, rg)
+        # d logit_scale comes out of the dx kernel, so it runs whenever either is needed
+        dx, dy, dsrow = _backward(inp, stats, grad_out, need_x or need_s, need_y)
+        d_scale = None
+        if need_s:
+            d_scale = (dsrow.sum() * grad_out.to(torch.float32)).reshape(logit_scale.shape)
+        return (dx if need_x else None), dy, d_scale, None, None, None, None, None
+
+
+# --------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------
+def triton_gcl_loss(inp: GCLInputs) -> torch.Tensor:
+    """GCL loss of GCL_SPEC section 1 in fused Triton kernels (impl="triton").
+
+    Args:
+        inp: canonical inputs from `gcl_kernels._validation.canonicalize` (float32, float16
+            or bfloat16 embeddings on a CUDA device, or any device under TRITON_INTERPRET=1).
+
+    Shape:
+        inp.x [F_L, B, D], inp.y [F_R, B_R, D] with F_L, F_R <= 4, B_R >= B, D <= 8192.
+        Returns a 0-dim float32 loss; gradients reach x and y in their dtype and
+        logit_scale in float32.
+
+    Raises:
+        ValueError naming the argument for a dtype, device or shape the kernels do not serve.
+
+    Example:
+        >>> inp = canonicalize(x.cuda(), y.cuda(), 20.0)
+        >>> loss = triton_gcl_loss(inp)
+        >>> loss.backward()
+    """
+    _check_inputs(inp)
+    return _GCLTritonFunction.apply(
+        inp.x, inp.y, inp.logit_scale, inp.row_weights, inp.col_weights, inp.field_weights,
+        inp.lhs_groups, inp.rhs_groups,
+    )

@@ -10,6 +10,8 @@ backends) or a small dict shorthand::
 
 The embedded backend converts the canonical filter to ``qdrant_edge`` classes; conditions it
 cannot express raise ``ValueError`` naming the condition instead of being dropped silently.
+One such case: qdrant-edge-py 0.9 converts a Python ``True`` in ``MatchValue`` to the integer
+1, which matches no boolean payload, so boolean matches are refused on the embedded store.
 """
 
 from __future__ import annotations
@@ -99,6 +101,14 @@ def to_edge_filter(flt: Optional[models.Filter]) -> Any:
                 raise ValueError(f"filter: condition on {c.key!r} uses {unsupported}, not supported by this plugin")
             kw = {}
             m = c.match
+            vals = getattr(m, "value", None) if isinstance(m, models.MatchValue) else getattr(m, "any", None)
+            if isinstance(vals, bool) or (isinstance(vals, list) and any(isinstance(v, bool) for v in vals)):
+                # qdrant-edge-py 0.9 turns a Python bool into the integer 1/0, which never
+                # matches a boolean payload: refuse rather than return a wrong answer.
+                raise ValueError(
+                    f"filter: the embedded store cannot match boolean values (key {c.key!r}); "
+                    f"store the flag as a string or an int, or use local mode / a server"
+                )
             if m is not None:
                 if isinstance(m, models.MatchValue):
                     kw["match"] = qe.MatchValue(m.value)

@@ -728,7 +728,8 @@ def ground_truth_from_csv(
     stats = stats if stats is not None else ReadStats()
 
     def rows(desc, st):
-        return tqdm(iter_pairs(path, required=required, stats=st), desc=desc, unit="row", disable=not progress)
+        return tqdm(iter_pairs(path, required=required, stats=st, columns=required), desc=desc, unit="row",
+                    disable=not progress)
 
     lo, hi = math.inf, -math.inf
     for rec in rows("gt pass 1/3 (score range)", stats):

@@ -82,7 +82,8 @@ class _Buffer:
             except json.JSONDecodeError as e:
                 if self.fill():
                     continue
-                raise self.error(f"invalid JSON in {what}: {e.msg}", e.pos) from None
+                start = self.line_at(self.pos)
+                raise self.error(f"invalid JSON in {what} (which starts at line {start}): {e.msg}", e.pos) from None
             # a number or literal ending exactly at the buffer edge may continue in the next chunk
             if end == len(self.buf) and not self.eof and self.fill():
                 continue

@@ -76,6 +76,7 @@ _FLOAT_COLS = ("score_linear", "score_reciprocal", "no_score")
 _TEXT_COLS = ("query", "product_id", "title", "image_local", "query_id", "pair_id")
 _CORPUS_ID_KEYS = ("product_id", "id", "doc_id")
 _GT_REL_KEYS = ("relevance", "rel", "score", "score_linear")
+_KNOWN = frozenset(_INT_COLS + _FLOAT_COLS + _TEXT_COLS + ("image",))
 
 # a title field can legitimately exceed csv's default 128 KiB limit in scraped data
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
@@ -221,9 +222,77 @@ def _make_record(path, line, row: Mapping[str, Any]) -> PairRecord:
     return PairRecord(line=line, extra=extra, **kw)
 
 
+_SHORT_MISSING = frozenset({"nan", "none", "null", "na", "n/a"})
+
+
+def _text_cell(v: str) -> Optional[str]:
+    if not v:
+        return None
+    if len(v) <= 4 and v.strip().lower() in _SHORT_MISSING:
+        return None
+    if v[0].isspace() and not v.strip():
+        return None
+    return v
+
+
+class _CsvRowConverter:
+    """Turns the cells of one CSV row into a `PairRecord`; per-column work decided once per file."""
+
+    def __init__(self, path: str, header: List[str], columns: Optional[Sequence[str]] = None):
+        self.path = path
+        self.plan = []
+        keep = None if columns is None else set(columns) | {"query", "product_id"}
+        for idx, col in enumerate(header):
+            if keep is not None and col not in keep:
+                continue
+            if col in _INT_COLS:
+                kind = "int"
+            elif col in _FLOAT_COLS:
+                kind = "float"
+            elif col in _TEXT_COLS:
+                kind = "text"
+            elif col == "image":
+                kind = "image"
+            else:
+                kind = "extra"
+            self.plan.append((idx, col, kind))
+
+    def __call__(self, cells: List[str], line: int) -> PairRecord:
+        kw: Dict[str, Any] = {}
+        extra: Dict[str, Any] = {}
+        for idx, col, kind in self.plan:
+            v = cells[idx]
+            if kind == "text":
+                kw[col] = _text_cell(v)
+            elif kind == "int":
+                try:
+                    kw[col] = int(v)
+                except ValueError:
+                    kw[col] = _parse_number(self.path, line, col, v, int)
+            elif kind == "float":
+                try:
+                    kw[col] = float(v)
+                except ValueError:
+                    kw[col] = _parse_number(self.path, line, col, v, float)
+                else:
+                    if kw[col] != kw[col]:
+                        kw[col] = None
+            elif kind == "image":
+                v = _text_cell(v)
+                if v is not None and v.startswith("data:"):
+                    v = _decode_data_uri(self.path, line, v)
+                kw[col] = v
+            else:
+                extra[col] = v
+        if "query" not in kw or "product_id" not in kw:
+            raise AssertionError("header was validated")
+        return PairRecord(line=line, extra=extra, **kw)
+
+
 def _check_required(rec: PairRecord, required: Sequence[str], stats: ReadStats, on_missing: str, path) -> bool:
     for key in required:
-        if is_missing(rec.get(key)):
+        v = getattr(rec, key, None) if key in _KNOWN else rec.extra.get(key)
+        if v is None or is_missing(v):
             reason = f"missing required field {key!r}"
             if on_missing == "raise":
                 raise DataFormatError(path, rec.line, reason)
@@ -238,6 +307,7 @@ def iter_pairs(
     optional: Sequence[str] = (),
     stats: Optional[ReadStats] = None,
     on_missing: str = "skip",
+    columns: Optional[Sequence[str]] = None,
 ) -> Iterator[PairRecord]:
     """Stream the rows of a split file as `PairRecord`s, one at a time.
 
@@ -248,6 +318,8 @@ def iter_pairs(
         optional: columns whose absence is only counted (e.g. "title", "image_local").
         stats: filled while reading (rows, skipped with reasons and lines, missing).
         on_missing: "skip" (count and leave out) or "raise".
+        columns: parse only these columns (plus query, product_id, required and
+            optional); the others stay None. Saves time on multi-million-row passes.
 
     Raises:
         DataFormatError (file and line) for an empty file, a header without `query` /
@@ -268,8 +340,8 @@ def iter_pairs(
     if path.endswith(".parquet"):
         yield from _iter_parquet(path, required, optional, stats, on_missing)
         return
-    with open_text(path) as f:
-        reader = csv.reader(f, strict=True)
+    with _open_binary(path) as fb:
+        reader = csv.reader(_decoded_lines(path, fb), strict=True)
         try:
             header = next(reader)
         except StopIteration:
@@ -286,6 +358,8 @@ def iter_pairs(
         if dupes:
             raise DataFormatError(path, 1, f"duplicate column names {dupes}")
         ncol = len(header)
+        convert = _CsvRowConverter(
+            path, header, None if columns is None else tuple(columns) + tuple(required) + tuple(optional))
         prev_line = reader.line_num
         while True:
             try:
@@ -303,9 +377,7 @@ def iter_pairs(
             stats.rows += 1
             if len(cells) != ncol:
                 raise DataFormatError(path, line, f"expected {ncol} cells (one per header column), got {len(cells)}")
-            rec = _make_record(path, line, dict(zip(header, cells)))
-            if rec.image is not None and isinstance(rec.image, str) and rec.image.startswith("data:"):
-                rec.image = _decode_data_uri(path, line, rec.image)
+            rec = convert(cells, line)
             if not _check_required(rec, required, stats, on_missing, path):
                 continue
             for key in optional:
@@ -315,6 +387,23 @@ def iter_pairs(
             yield rec
     if stats.n_skipped:
         log.warning("%s", stats.summary())
+
+
+def _open_binary(path: str):
+    if path.endswith(".gz"):
+        import gzip
+
+        return gzip.open(path, "rb")
+    return open(path, "rb")
+
+
+def _decoded_lines(path: str, fb) -> Iterator[str]:
+    # decode line by line (not in 8 KiB chunks) so a bad byte is reported at its own line
+    for lineno, raw in enumerate(fb, 1):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataFormatError(path, lineno, f"not valid UTF-8 ({e})") from None
 
 
 def _decode_data_uri(path, line, uri: str) -> bytes:

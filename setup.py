@@ -42,6 +42,7 @@ setup(
         "console_scripts": [
             "gcl-eval=gcl_train.cli_eval:main",
             "gcl-qdrant=qdrant_plugin.cli:main",
+            "gcl-train=gcl_train.cli_train:main",
         ],
     },
 )

@@ -33,6 +33,9 @@ SHARD_DIR = "shard"
 _COLLECTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 # Vectors below this many KB per segment are not worth a graph; 10 MB is Qdrant's default.
 INDEXING_THRESHOLD_KB = 10_000
+# A filtered search whose matching vectors total less than this many KB scans them exactly
+# instead of walking the graph (Qdrant's default).
+FULL_SCAN_THRESHOLD_KB = 10_000
 
 
 def check_collection_name(collection: Any) -> str:
@@ -57,11 +60,11 @@ def _qe():
 def edge_config(schema: IndexSchema) -> Any:
     qe = _qe()
     graph = qe.HnswIndexConfig(
-        m=schema.hnsw_m, ef_construct=schema.hnsw_ef_construct, full_scan_threshold=INDEXING_THRESHOLD_KB
+        m=schema.hnsw_m, ef_construct=schema.hnsw_ef_construct, full_scan_threshold=FULL_SCAN_THRESHOLD_KB
     )
     # m=0 keeps a vector out of the graph build: searched by an exact scan instead.
     no_graph = qe.HnswIndexConfig(
-        m=0, ef_construct=schema.hnsw_ef_construct, full_scan_threshold=INDEXING_THRESHOLD_KB
+        m=0, ef_construct=schema.hnsw_ef_construct, full_scan_threshold=FULL_SCAN_THRESHOLD_KB
     )
     vectors = {}
     for name, dim in schema.vector_dims().items():
@@ -72,6 +75,8 @@ def edge_config(schema: IndexSchema) -> Any:
     return qe.EdgeConfig(
         vectors=vectors,
         hnsw_config=graph,
+        # Hits carry payloads: reading them from cold mmap storage doubled query latency.
+        payload_memory=qe.Memory.Cached,
         optimizers=qe.EdgeOptimizersConfig(
             default_segment_number=1, indexing_threshold=INDEXING_THRESHOLD_KB
         ),

@@ -1,0 +1,248 @@
+"""Benchmark: weighted multi-field search through qdrant_plugin, against exact search.
+
+For each corpus size: documents with 2 fields x 128 dims drawn from a shared
+low-dimensional latent (``qdrant_plugin.synth``: the structure of real embeddings, not
+i.i.d. Gaussian vectors), queries from the same model, weights title 0.1 / image 0.9.
+Implementations, named in one place (IMPLS):
+
+    edge-hnsw   MultiFieldIndex on the embedded Qdrant Edge store, HNSW on the concatenated vector
+    edge-exact  the same store, exact=True (a full scan inside Qdrant)
+    local       MultiFieldIndex on qdrant-client local mode (pure Python/numpy, exact)
+    numpy       brute force: one float32 matrix-vector product and a partial sort
+
+Reported per implementation: ingest throughput including the index build (upsert +
+optimize), single-query latency p50 / p99 through the public API (one query at a time,
+as a service answers them), queries per second at that concurrency (1 / mean latency),
+and recall@10 against exact float64 top-10.
+
+    python benchmarks/bench_qdrant.py --sizes 100000
+    python benchmarks/bench_qdrant.py --sizes 100000,1000000 --queries 500 --impls edge-hnsw,edge-exact,numpy
+
+Prints a table and appends one CSV row per (size, implementation, ef) to
+benchmarks/results/bench_qdrant.csv with the machine, versions, load average, the
+exact command line and a timestamp.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from typing import Dict, List
+
+import numpy as np
+
+from qdrant_plugin import MultiFieldIndex
+from qdrant_plugin.schema import DEFAULT_HNSW_EF_CONSTRUCT, DEFAULT_HNSW_M
+from qdrant_plugin.synth import latent_embeddings
+
+IMPLS = ("edge-hnsw", "edge-exact", "local", "numpy")
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_qdrant.csv")
+COLUMNS = [
+    "timestamp", "impl", "n_docs", "fields", "dim", "latent_dim", "noise", "weights", "hnsw_m",
+    "hnsw_ef_construct", "ef", "n_queries", "upsert_s", "build_s", "ingest_docs_per_s", "p50_ms",
+    "p99_ms", "qps", "recall_at_10", "cpu", "cores", "loadavg_start", "loadavg_end", "python",
+    "numpy", "qdrant_edge_py", "qdrant_client", "command",
+]
+
+
+def machine() -> Dict[str, str]:
+    cpu = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    from importlib.metadata import version
+
+    return {"cpu": cpu, "cores": str(os.cpu_count()), "python": platform.python_version(),
+            "numpy": np.__version__, "qdrant_edge_py": version("qdrant-edge-py"),
+            "qdrant_client": version("qdrant-client")}
+
+
+def loadavg() -> str:
+    try:
+        return "/".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+def exact_top10(doc_concat: np.ndarray, q_concat: np.ndarray, k: int = 10, block: int = 256) -> np.ndarray:
+    """Exact top-k ids by the weighted score (float32 scores, float64 re-rank of a short list)."""
+    out = np.empty((q_concat.shape[0], k), dtype=np.int64)
+    for s in range(0, q_concat.shape[0], block):
+        qb = q_concat[s:s + block]
+        sc = qb @ doc_concat.T
+        cand = np.argpartition(-sc, 4 * k, axis=1)[:, :4 * k]
+        for r in range(qb.shape[0]):
+            c = cand[r]
+            exact = doc_concat[c].astype(np.float64) @ qb[r].astype(np.float64)
+            out[s + r] = c[np.argsort(-exact, kind="stable")[:k]]
+    return out
+
+
+def latency_stats(lat: List[float]) -> Dict[str, float]:
+    a = np.asarray(lat) * 1e3
+    return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)),
+            "qps": float(1e3 / a.mean())}
+
+
+def recall(found: List[List[int]], truth: np.ndarray) -> float:
+    k = truth.shape[1]
+    return float(np.mean([len(set(f[:k]) & set(t.tolist())) / k for f, t in zip(found, truth)]))
+
+
+def time_index(index: MultiFieldIndex, queries: Dict[str, np.ndarray], weights, n_q: int, **kw):
+    """Single-query latencies through the public API, after a short warm-up."""
+    for i in range(min(20, n_q)):
+        index.search({f: v[i] for f, v in queries.items()}, field_weights=weights, limit=10, **kw)
+    lat, found = [], []
+    for i in range(n_q):
+        q = {f: v[i] for f, v in queries.items()}
+        t = time.perf_counter()
+        hits = index.search(q, field_weights=weights, limit=10, **kw)
+        lat.append(time.perf_counter() - t)
+        found.append([int(h.id) for h in hits])
+    return lat, found
+
+
+def ingest(index: MultiFieldIndex, docs: Dict[str, np.ndarray], batch: int) -> Dict[str, float]:
+    n = next(iter(docs.values())).shape[0]
+    t0 = time.perf_counter()
+    for s in range(0, n, batch):
+        e = min(n, s + batch)
+        index.upsert([str(i) for i in range(s, e)], {f: v[s:e] for f, v in docs.items()})
+    t1 = time.perf_counter()
+    index.optimize()
+    index.flush()
+    t2 = time.perf_counter()
+    return {"upsert_s": t1 - t0, "build_s": t2 - t1, "ingest_docs_per_s": n / (t2 - t0)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="100000", help="comma-separated corpus sizes")
+    ap.add_argument("--dim", type=int, default=128, help="dims per field (2 fields: title, image)")
+    ap.add_argument("--latent-dim", type=int, default=24)
+    ap.add_argument("--noise", type=float, default=0.3)
+    ap.add_argument("--queries", type=int, default=1000, help="queries timed per implementation")
+    ap.add_argument("--slow-queries", type=int, default=200,
+                    help="queries timed for the exact implementations (edge-exact, local)")
+    ap.add_argument("--weights", default="title=0.1,image=0.9")
+    ap.add_argument("--m", type=int, default=DEFAULT_HNSW_M)
+    ap.add_argument("--ef-construct", type=int, default=DEFAULT_HNSW_EF_CONSTRUCT)
+    ap.add_argument("--ef", default="32,64,96,128", help="comma-separated HNSW ef values to sweep")
+    ap.add_argument("--impls", default=",".join(IMPLS))
+    ap.add_argument("--local-max", type=int, default=100000, help="skip local mode above this size")
+    ap.add_argument("--batch", type=int, default=2048, help="documents per upsert call")
+    ap.add_argument("--workdir", default=None, help="where stores are built (default: a temp dir, removed)")
+    ap.add_argument("--out", default=RESULTS)
+    a = ap.parse_args(argv)
+
+    impls = [s for s in a.impls.split(",") if s]
+    bad = sorted(set(impls) - set(IMPLS))
+    if bad:
+        ap.error(f"--impls: unknown {bad}; choose from {IMPLS}")
+    weights = {k: float(v) for k, v in (p.split("=") for p in a.weights.split(","))}
+    fields = {"title": a.dim, "image": a.dim}
+    efs = [int(x) for x in a.ef.split(",")]
+    command = " ".join(shlex.quote(x) for x in [os.path.relpath(sys.argv[0])] + (argv if argv is not None else sys.argv[1:]))
+    mach = machine()
+    work = a.workdir or tempfile.mkdtemp(prefix="bench_qdrant_")
+    rows = []
+    print(f"# {command}\n# {mach['cpu']}, {mach['cores']} cores, load {loadavg()}; python {mach['python']}, "
+          f"qdrant-edge-py {mach['qdrant_edge_py']}, qdrant-client {mach['qdrant_client']}", flush=True)
+    try:
+        for n in [int(x) for x in a.sizes.split(",")]:
+            load0 = loadavg()
+            t = time.perf_counter()
+            docs = latent_embeddings(n, fields, a.latent_dim, a.noise, seed=0)
+            queries = latent_embeddings(a.queries, fields, a.latent_dim, a.noise, seed=1)
+            names = list(fields)
+            doc_concat = np.concatenate([docs[f] for f in names], axis=1)
+            q_concat = np.concatenate([weights.get(f, 0.0) * queries[f] for f in names], axis=1).astype(np.float32)
+            truth = exact_top10(doc_concat, q_concat)
+            print(f"# n={n}: data + exact top-10 in {time.perf_counter() - t:.1f}s", flush=True)
+            base = {"n_docs": n, "fields": "+".join(f"{f}:{d}" for f, d in fields.items()), "dim": a.dim,
+                    "latent_dim": a.latent_dim, "noise": a.noise, "weights": a.weights, "loadavg_start": load0}
+
+            def emit(impl, extra):
+                row = {**base, "impl": impl, **extra, "loadavg_end": loadavg()}
+                rows.append(row)
+                print(f"{impl:>10} n={n:<8} ef={str(row.get('ef', '')):>4} "
+                      f"ingest={row.get('ingest_docs_per_s', float('nan')):>9.0f} docs/s "
+                      f"(build {row.get('build_s', float('nan')):6.1f}s)  p50={row['p50_ms']:7.3f} ms  "
+                      f"p99={row['p99_ms']:7.3f} ms  qps={row['qps']:8.1f}  recall@10={row['recall_at_10']:.4f}",
+                      flush=True)
+
+            if "numpy" in impls:
+                lat, found = [], []
+                for i in range(a.queries):
+                    t = time.perf_counter()
+                    sc = doc_concat @ q_concat[i]
+                    top = np.argpartition(-sc, 10)[:10]
+                    top = top[np.argsort(-sc[top])]
+                    lat.append(time.perf_counter() - t)
+                    found.append(top.tolist())
+                emit("numpy", {**latency_stats(lat), "recall_at_10": recall(found, truth), "n_queries": a.queries})
+
+            if "edge-hnsw" in impls or "edge-exact" in impls:
+                path = os.path.join(work, f"edge_{n}")
+                shutil.rmtree(path, ignore_errors=True)
+                idx = MultiFieldIndex(path, "bench", fields, hnsw_m=a.m, hnsw_ef_construct=a.ef_construct)
+                ing = ingest(idx, docs, a.batch)
+                common = {**ing, "hnsw_m": a.m, "hnsw_ef_construct": a.ef_construct}
+                print(f"# edge ingest: upsert {ing['upsert_s']:.1f}s + build {ing['build_s']:.1f}s", flush=True)
+                if "edge-hnsw" in impls:
+                    for ef in efs:
+                        lat, found = time_index(idx, queries, weights, a.queries, ef=ef)
+                        emit("edge-hnsw", {**common, **latency_stats(lat), "ef": ef,
+                                           "recall_at_10": recall(found, truth), "n_queries": a.queries})
+                if "edge-exact" in impls:
+                    nq = min(a.slow_queries, a.queries)
+                    lat, found = time_index(idx, queries, weights, nq, exact=True)
+                    emit("edge-exact", {**common, **latency_stats(lat), "recall_at_10": recall(found, truth[:nq]),
+                                        "n_queries": nq})
+                idx.close()
+                if not a.workdir:
+                    shutil.rmtree(path, ignore_errors=True)
+
+            if "local" in impls:
+                if n > a.local_max:
+                    print(f"# local mode skipped for n={n} (> --local-max {a.local_max})", flush=True)
+                else:
+                    idx = MultiFieldIndex(":memory:", "bench", fields)
+                    ing = ingest(idx, docs, a.batch)
+                    nq = min(a.slow_queries, a.queries)
+                    lat, found = time_index(idx, queries, weights, nq)
+                    emit("local", {**ing, **latency_stats(lat), "recall_at_10": recall(found, truth[:nq]),
+                                   "n_queries": nq})
+                    idx.close()
+    finally:
+        if not a.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+        if rows:
+            os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+            new = not os.path.exists(a.out)
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            with open(a.out, "a", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+                if new:
+                    w.writeheader()
+                for r in rows:
+                    w.writerow({**{c: "" for c in COLUMNS}, **mach, **r, "timestamp": stamp, "command": command})
+            print(f"# appended {len(rows)} rows to {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

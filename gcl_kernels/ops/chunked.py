@@ -201,11 +201,13 @@ class ChunkedGCLFunction(torch.autograd.Function):
                             block_elements, acc)
 
         a = field_w[[l for l, _ in pairs], [r for _, r in pairs]] if pairs else field_w.new_zeros(0)
+        # Each term is >= 0 exactly (a log-sum-exp over a set that holds the diagonal);
+        # the clamp only removes rounding below zero (the column sums take another route).
         loss = logit_scale.new_zeros(())
         if row_w is not None:
-            loss = loss + (a[:, None] * (lse_row - diag) * row_w).sum()
+            loss = loss + (a[:, None] * (lse_row - diag).clamp_(min=0) * row_w).sum()
         if col_w is not None:
-            loss = loss + (a[:, None] * (lse_col - diag) * col_w).sum()
+            loss = loss + (a[:, None] * (lse_col - diag).clamp_(min=0) * col_w).sum()
         if not bool(torch.isfinite(loss)):
             raise FloatingPointError(
                 f"chunked GCL loss is {float(loss)}: the logits s * <x, y> overflow {acc} "

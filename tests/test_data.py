@@ -98,6 +98,23 @@ def test_fuse_embeddings_is_weighted_mean_of_unit_vectors():
         fuse_embeddings(v, w[:, :1])
 
 
+def test_numpy_fusion_matches_gcl_kernels_fuse_fields():
+    torch = pytest.importorskip("torch")
+    kernels = pytest.importorskip("gcl_kernels")
+    if not hasattr(kernels, "fuse_fields"):
+        from gcl_kernels.weights import fuse_fields
+    else:
+        fuse_fields = kernels.fuse_fields
+    rng = np.random.default_rng(1)
+    v = rng.normal(size=(6, 2, 5))
+    present = rng.random((6, 2)) > 0.3
+    present[:, 0] |= ~present[:, 1]  # every row keeps a field
+    w = np.stack([renormalized_weights(DEFAULT_RIGHT, p) for p in present])
+    ours = fuse_embeddings(v, w)
+    theirs = fuse_fields(torch.from_numpy(v).permute(1, 0, 2).contiguous(), [0.9, 0.1], torch.from_numpy(present))
+    np.testing.assert_allclose(ours, theirs.numpy(), atol=1e-6)
+
+
 def test_split_names_and_query_keys():
     assert resolve_split("zero_shot") == "query_1_product_id_1"
     assert [SPLIT_CORPUS[s] for s in SPLITS] == ["corpus_1", "corpus_1", "corpus_2", "corpus_2"]

@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--split", default=d["split"].default, help="training split (or alias in_domain)")
     g.add_argument("--image-root", default=None, help="where relative image_local paths live (default: --data)")
     g.add_argument("--score-column", default=d["score_column"].default, choices=SCORE_COLUMNS)
+    g.add_argument("--prefetch", type=int, default=d["prefetch"].default,
+                   help="batches prepared ahead in a background thread (0: inline)")
     g.add_argument("--shuffle-buffer", type=int, default=d["shuffle_buffer"].default,
                    help="bounded shuffle buffer, in pairs")
     g = p.add_argument_group("model")
@@ -124,7 +126,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         max_logit_scale=args.max_logit_scale, loss_impl=args.loss_impl, save_every=args.save_every,
         keep_checkpoints=args.keep, eval_every=args.eval_every, eval_splits=eval_splits,
         eval_queries=args.eval_queries, resume=args.resume, log_every=args.log_every,
-        stop_after=args.stop_after, progress=not args.no_progress,
+        stop_after=args.stop_after, progress=not args.no_progress, prefetch=args.prefetch,
     )
     return cfg.validate()
 

@@ -79,6 +79,7 @@ class TrainConfig:
     Optimisation: AdamW `lr`, `weight_decay`, `warmup_steps` then cosine to
     `lr * min_lr_ratio`, `grad_clip`, `precision` ("auto": bf16 autocast on CUDA, fp32 on
     CPU), learnable logit scale clamped at `max_logit_scale`, `lock_image` / `lock_text`.
+    Input: `prefetch` batches built ahead in a background thread (0: inline).
     Run: `epochs` or `max_steps`, `save_every` steps, `keep_checkpoints`, `eval_every`
     steps (0: only at the end when `eval_splits` is set), `resume`.
     """
@@ -123,6 +124,7 @@ class TrainConfig:
     eval_batch_size: int = 128
     resume: str = "auto"
     log_every: int = 10
+    prefetch: int = 2
     stop_after: Optional[int] = None
     progress: bool = True
 
@@ -185,6 +187,7 @@ class TrainConfig:
         pos_int("eval_queries", self.eval_queries)
         pos_int("eval_batch_size", self.eval_batch_size)
         pos_int("log_every", self.log_every)
+        pos_int("prefetch", self.prefetch, allow_zero=True)
         if self.resume not in RESUME and not os.path.isfile(str(self.resume)):
             raise ValueError(f"resume: expected one of {RESUME} or a checkpoint file, got {self.resume!r}")
         if self.lock_image and self.lock_text:
@@ -342,6 +345,92 @@ def epoch_stream(dataset, cfg: TrainConfig, epoch: int, stats=None) -> Iterator[
     """The shuffled examples of one epoch; a pure function of (data, seed, epoch)."""
     rng = random.Random(f"gcl-shuffle:{cfg.seed}:{epoch}")
     return shuffled(stream_examples(dataset, cfg, stats), cfg.shuffle_buffer, rng)
+
+
+def epoch_batches(dataset, cfg: TrainConfig, bundle: ModelBundle, epoch: int, skip: int = 0,
+                  stats=None) -> Iterator[Tuple["Batch", int]]:
+    """(batch, examples consumed so far) for one epoch, starting after `skip` examples.
+
+    The count after each batch is the resume position: a checkpoint taken after training
+    on that batch restarts the epoch's stream there. A final remainder of one example,
+    and batches left with fewer than two usable pairs, are skipped.
+    """
+    stream = epoch_stream(dataset, cfg, epoch, stats)
+    for _ in range(skip):  # replay the deterministic shuffle up to the resume point
+        next(stream, None)
+    consumed, pending = skip, []
+    for ex in stream:
+        pending.append(ex)
+        consumed += 1
+        if len(pending) == cfg.batch_size:
+            batch = _try_batch(pending, bundle, dataset, cfg)
+            pending = []
+            if batch is not None:
+                yield batch, consumed
+    if len(pending) >= 2:
+        batch = _try_batch(pending, bundle, dataset, cfg)
+        if batch is not None:
+            yield batch, consumed
+
+
+def _try_batch(examples, bundle, dataset, cfg) -> Optional["Batch"]:
+    try:
+        batch = make_batch(examples, bundle, dataset, cfg.field_weights)
+    except ValueError as e:  # every example of the batch lost its fields (unreadable images)
+        log.warning("skipping a batch: %s", e)
+        return None
+    return batch if len(batch) >= 2 else None
+
+
+def prefetched(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
+    """Produce `items` in a background thread, up to `depth` ahead (image decoding and
+    tokenising overlap the training step). Exceptions are re-raised in the consumer;
+    closing the generator stops the producer."""
+    import queue
+    import threading
+
+    q: "queue.Queue" = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(("item", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(("done", done))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            q.put(("error", e))
+
+    t = threading.Thread(target=produce, name="gcl-prefetch", daemon=True)
+    t.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        while t.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                t.join(timeout=0.05)
+
+
+def _close(gen) -> None:
+    close = getattr(gen, "close", None)
+    if close is not None:
+        close()
 
 
 def _ids(values: Sequence[str]) -> torch.Tensor:
@@ -744,72 +833,60 @@ def train(cfg: TrainConfig, on_step: Optional[Callable[[int, float], None]] = No
     log_f = open(os.path.join(cfg.out, "log.jsonl"), "a", encoding="utf-8")
     try:
         while step < total_steps:
-            stream = epoch_stream(dataset, cfg, epoch, stats)
-            for _ in range(consumed):  # replay the deterministic shuffle up to the resume point
-                next(stream, None)
-            pending: List[Example] = []
-            exhausted = False
-            while step < total_steps:
-                ex = next(stream, None)
-                if ex is None:
-                    exhausted = True
-                else:
-                    pending.append(ex)
-                    consumed += 1
-                if len(pending) < cfg.batch_size and not exhausted:
-                    continue
-                if len(pending) >= 2:
-                    batch = make_batch(pending, bundle, dataset, cfg.field_weights).to(device)
-                    pending = []
-                    if len(batch) >= 2:
-                        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                            loss = compute_loss(model, batch, cfg, s_max)
-                        optimizer.zero_grad(set_to_none=True)
-                        loss.backward()
-                        if cfg.grad_clip is not None:
-                            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                        optimizer.step()
-                        scheduler.step()
-                        with torch.no_grad():  # CLIP's clamp: keeps exp(logit_scale) <= max
-                            model.logit_scale.clamp_(0, math.log(cfg.max_logit_scale))
-                        step += 1
-                        ran += 1
-                        value = float(loss.detach())
-                        if not math.isfinite(value):
-                            raise FloatingPointError(
-                                f"loss is {value} at step {step}; lower lr, check the data "
-                                f"({cfg.split}) or use precision='fp32'")
-                        first_loss = value if first_loss is None else first_loss
-                        last_loss = value
-                        history.append(value)
-                        pairs_since += len(batch)
-                        bar.update(1)
-                        if on_step is not None:
-                            on_step(step, value)
-                        if step % cfg.log_every == 0 or step == total_steps:
-                            now = time.time()
-                            rate = pairs_since / max(now - t_last, 1e-9)
-                            t_last, pairs_since = now, 0
-                            rec = {"step": step, "epoch": epoch, "loss": value,
-                                   "lr": scheduler.get_last_lr()[0],
-                                   "logit_scale": float(logit_scale_of(model, cfg.max_logit_scale).detach()),
-                                   "pairs_per_s": rate}
-                            log_f.write(json.dumps(rec) + "\n")
-                            log_f.flush()
-                            bar.set_postfix(loss=f"{value:.4f}", lr=f"{rec['lr']:.2e}",
-                                            pairs_s=f"{rate:.0f}")
-                        if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
-                            run_eval()
-                        if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
-                            last_ck = save()
-                        if cfg.stop_after is not None and ran >= cfg.stop_after and step < total_steps:
-                            last_ck = save()
-                            return _finish(cfg, step, total_steps, False, None, last_ck, first_loss,
-                                           last_loss, epoch_losses, resume_path, t_start, evals)
-                else:
-                    pending = []
-                if exhausted:
+            batches = epoch_batches(dataset, cfg, bundle, epoch, consumed, stats)
+            if cfg.prefetch:
+                batches = prefetched(batches, cfg.prefetch)
+            exhausted = True
+            for batch, consumed in batches:
+                batch = batch.to(device)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    loss = compute_loss(model, batch, cfg, s_max)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                with torch.no_grad():  # CLIP's clamp: keeps exp(logit_scale) <= max
+                    model.logit_scale.clamp_(0, math.log(cfg.max_logit_scale))
+                step += 1
+                ran += 1
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise FloatingPointError(
+                        f"loss is {value} at step {step}; lower lr, check the data "
+                        f"({cfg.split}) or use precision='fp32'")
+                first_loss = value if first_loss is None else first_loss
+                last_loss = value
+                history.append(value)
+                pairs_since += len(batch)
+                bar.update(1)
+                if on_step is not None:
+                    on_step(step, value)
+                if step % cfg.log_every == 0 or step == total_steps:
+                    now = time.time()
+                    rate = pairs_since / max(now - t_last, 1e-9)
+                    t_last, pairs_since = now, 0
+                    rec = {"step": step, "epoch": epoch, "loss": value,
+                           "lr": scheduler.get_last_lr()[0],
+                           "logit_scale": float(logit_scale_of(model, cfg.max_logit_scale).detach()),
+                           "pairs_per_s": rate}
+                    log_f.write(json.dumps(rec) + "\n")
+                    log_f.flush()
+                    bar.set_postfix(loss=f"{value:.4f}", lr=f"{rec['lr']:.2e}", pairs_s=f"{rate:.0f}")
+                if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
+                    run_eval()
+                if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
+                    last_ck = save()
+                if cfg.stop_after is not None and ran >= cfg.stop_after and step < total_steps:
+                    _close(batches)
+                    last_ck = save()
+                    return _finish(cfg, step, total_steps, False, None, last_ck, first_loss,
+                                   last_loss, epoch_losses, resume_path, t_start, evals)
+                if step >= total_steps:
+                    exhausted = False
                     break
+            _close(batches)
             if exhausted:
                 epoch_losses.append(sum(history) / len(history) if history else float("nan"))
                 history = []
@@ -853,7 +930,7 @@ def is_finished(out: str) -> bool:
 
 __all__ = [
     "TrainConfig", "TrainResult", "Example", "Batch", "shuffled", "stream_examples", "scan_split",
-    "epoch_stream", "make_batch", "pair_weights", "logit_scale_of", "embed", "compute_loss",
+    "epoch_stream", "epoch_batches", "prefetched", "make_batch", "pair_weights", "logit_scale_of", "embed", "compute_loss",
     "build_optimizer", "cosine_schedule", "resolve_device", "atomic_write_json",
     "list_checkpoints", "evaluate_model", "train", "is_finished",
 ]

@@ -22,6 +22,7 @@ from gcl_train.train import (  # noqa: E402
     cosine_schedule,
     embed,
     make_batch,
+    prefetched,
     shuffled,
 )
 
@@ -68,6 +69,35 @@ def test_shuffled_is_a_deterministic_bounded_permutation():
     # a buffer of one keeps the order; a bounded buffer cannot move an item far forward
     assert list(shuffled(items, 1, random.Random(0))) == items
     assert all(pos >= item - 10 for pos, item in enumerate(a))
+
+
+def test_prefetched_keeps_order_propagates_errors_and_stops_early():
+    import threading
+
+    assert list(prefetched(iter(range(50)), depth=3)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise OSError("disk gone")
+
+    it = prefetched(failing())
+    assert next(it) == 1
+    with pytest.raises(OSError, match="disk gone"):
+        next(it)
+    produced = []
+
+    def endless():
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+
+    it = prefetched(endless(), depth=2)
+    assert [next(it) for _ in range(3)] == [0, 1, 2]
+    it.close()  # the producer thread stops instead of running on
+    assert not any(t.name == "gcl-prefetch" for t in threading.enumerate())
+    assert len(produced) <= 3 + 2 + 2
 
 
 def test_cosine_schedule_warmup_then_decay():

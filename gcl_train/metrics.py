@@ -30,6 +30,7 @@ relevant document scores 0 (trec_eval does the same for the ratios it cannot for
 from __future__ import annotations
 
 import math
+from itertools import repeat
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -70,13 +71,14 @@ def metric_names(ks=DEFAULT_KS, rbp_ps=DEFAULT_RBP_PS) -> Tuple[str, ...]:
     return tuple(names)
 
 
-def _ordered(docs: Sequence[str], scores: np.ndarray) -> list:
-    """Indices of docs by score desc, ties by doc id desc (trec_eval's order)."""
+def _ordered(run_q: Mapping[str, float], scores: np.ndarray) -> np.ndarray:
+    """Indices of a query's run by score desc, ties by doc id desc (trec_eval's order)."""
     order = np.argsort(-scores, kind="stable")
     s = scores[order]
     if len(s) > 1 and bool((s[1:] == s[:-1]).any()):
-        order = sorted(range(len(docs)), key=lambda i: (-scores[i], _Desc(docs[i])))
-    return list(order)
+        docs = list(run_q)
+        order = np.array(sorted(range(len(docs)), key=lambda i: (-scores[i], _Desc(docs[i]))), dtype=np.int64)
+    return order
 
 
 class _Desc:
@@ -130,16 +132,26 @@ def build_arrays(
             continue
         if not isinstance(rd, Mapping):
             raise ValueError(f"run[{q!r}]: expected a mapping {{doc: score}}, got {type(rd).__name__}")
-        docs = list(rd.keys())
-        scores = np.fromiter(rd.values(), dtype=np.float64, count=len(docs))
-        if np.isnan(scores).any():
+        n = len(rd)
+        neg = -np.fromiter(rd.values(), dtype=np.float64, count=n)
+        if np.isnan(neg).any():
             raise ValueError(f"run[{q!r}]: scores contain NaN")
-        order = _ordered(docs, scores)
+        sorted_neg = np.sort(neg)
+        if n > 1 and bool((sorted_neg[1:] == sorted_neg[:-1]).any()):
+            order = _ordered(rd, -neg)
+            rels = np.fromiter(map(qd.get, rd.keys(), repeat(0)), dtype=np.float64, count=n)[order]
+        else:
+            # distinct scores: only the judged documents need a rank, found by binary search
+            # (touching every retrieved document in Python is what makes per-query code slow)
+            rels = np.zeros(n, dtype=np.float64)
+            common = [d for d in qd if d in rd]
+            if common:
+                pos = np.searchsorted(sorted_neg, [-rd[d] for d in common])
+                rels[pos] = [qd[d] for d in common]
         if max_k is not None:
-            order = order[:max_k]
-        get = qd.get
-        rel_lists.append([get(docs[i], 0) for i in order])
-        n_ret[qi] = len(order)
+            rels = rels[:max_k]
+        rel_lists.append(rels)
+        n_ret[qi] = len(rels)
     k_max = int(n_ret.max()) if nq else 0
     ranked = np.zeros((nq, max(k_max, 1)), dtype=np.float64)
     for qi, rl in enumerate(rel_lists):
@@ -185,40 +197,36 @@ def metrics_from_arrays(
     num_rel = (ideal >= 1).sum(axis=1).astype(np.float64)
     safe_num_rel = np.where(num_rel > 0, num_rel, 1.0)
     ranks = np.arange(1, kk + 1, dtype=np.float64)
-    hits = np.cumsum(is_rel, axis=1, dtype=np.float64)  # relevant in top i
-    prec_at_i = hits / ranks
-    ap_terms = np.cumsum(np.where(is_rel, prec_at_i, 0.0), axis=1)
+    hits = np.cumsum(is_rel, axis=1, dtype=np.int32)  # relevant in top i
+    ap_terms = np.cumsum(np.where(is_rel, hits / ranks, 0.0), axis=1)
     disc = 1.0 / np.log2(ranks + 1.0)
-    dcg = np.cumsum(np.where(ranked > 0, ranked, 0.0) * disc, axis=1)
-    ideal_pos = np.where(ideal > 0, ideal, 0.0)
     idisc = 1.0 / np.log2(np.arange(2, ideal.shape[1] + 2, dtype=np.float64))
-    idcg_full = np.cumsum(ideal_pos * idisc, axis=1)
     first = np.where(is_rel.any(axis=1), is_rel.argmax(axis=1) + 1, 0)
     rr = np.where(first > 0, 1.0 / np.maximum(first, 1), 0.0)
 
     for k in ks:
-        kc = min(k, kk) - 1
-        h = hits[:, kc] if kk else np.zeros(nq)
-        ic = min(k, ideal.shape[1]) - 1
-        idcg = idcg_full[:, ic]
-        out[f"ndcg@{k}"] = np.where(idcg > 0, dcg[:, kc] / np.where(idcg > 0, idcg, 1.0), 0.0)
-        out[f"map@{k}"] = np.where(num_rel > 0, ap_terms[:, kc] / safe_num_rel, 0.0)
+        kc = min(k, kk)
+        h = hits[:, kc - 1].astype(np.float64)
+        ic = min(k, ideal.shape[1])
+        idcg = ideal[:, :ic] @ idisc[:ic]  # relevances are >= 0, so the gains are the grades
+        dcg = ranked[:, :kc] @ disc[:kc]
+        out[f"ndcg@{k}"] = np.where(idcg > 0, dcg / np.where(idcg > 0, idcg, 1.0), 0.0)
+        out[f"map@{k}"] = np.where(num_rel > 0, ap_terms[:, kc - 1] / safe_num_rel, 0.0)
         out[f"mrr@{k}"] = np.where((first > 0) & (first <= k), rr, 0.0)
         out[f"recall@{k}"] = np.where(num_rel > 0, h / safe_num_rel, 0.0)
         out[f"precision@{k}"] = h / k
 
     # ERR: R = (2^rel - 1) / 2^max_rel, written to stay finite for large grades
     mr = max_rel[:, None]
-    stop = np.exp2(ranked - mr) - np.exp2(-mr)
-    stop = np.clip(stop, 0.0, 1.0)
+    stop = np.clip(np.exp2(ranked - mr) - np.exp2(-mr), 0.0, 1.0)
     go_on = np.cumprod(1.0 - stop, axis=1)
-    before = np.concatenate([np.ones((nq, 1)), go_on[:, :-1]], axis=1)
-    out["err"] = (before * stop / ranks).sum(axis=1)
+    go_on[:, 1:] = go_on[:, :-1].copy()
+    go_on[:, 0] = 1.0
+    out["err"] = (go_on * stop) @ (1.0 / ranks)
 
-    safe_max = np.where(max_rel > 0, max_rel, 1.0)[:, None]
+    safe_max = np.where(max_rel > 0, max_rel, 1.0)
     for p in ps:
-        w = p ** (ranks - 1.0)
-        val = (1.0 - p) * ((ranked / safe_max) * w).sum(axis=1)
+        val = (1.0 - p) * (ranked @ (p ** (ranks - 1.0))) / safe_max
         out[f"rbp@{p:g}"] = np.where(max_rel > 0, val, 0.0)
     return out
 

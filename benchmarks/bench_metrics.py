@@ -41,7 +41,7 @@ IMPLS = ("ours", "pytrec_eval", "reference")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_metrics.csv")
 COLUMNS = ["timestamp", "impl", "n_queries", "k", "qrels_per_query", "repeats", "median_s", "min_s", "max_s",
            "queries_per_s", "note", "cpu", "cores", "loadavg_start", "loadavg_end", "python", "numpy",
-           "pytrec_eval", "command"]
+           "pytrec_eval", "revision", "command"]
 
 
 def machine() -> Dict[str, str]:
@@ -60,8 +60,15 @@ def machine() -> Dict[str, str]:
         pte = version("pytrec-eval-terrier")
     except PackageNotFoundError:
         pte = "-"
+    import subprocess
+
+    try:
+        rev = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                             cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10).stdout.strip() or "?"
+    except (OSError, subprocess.SubprocessError):
+        rev = "?"
     return {"cpu": cpu, "cores": str(os.cpu_count()), "python": platform.python_version(),
-            "numpy": np.__version__, "pytrec_eval": pte}
+            "numpy": np.__version__, "pytrec_eval": pte, "revision": rev}
 
 
 def loadavg() -> str:

@@ -141,6 +141,9 @@ def _make_products(rng: np.random.Generator, n: int) -> Dict[str, np.ndarray]:
         "popularity": rng.normal(0.0, 1.0, n),
         "corpus": rng.integers(0, 2, n),  # 0 -> corpus_1, 1 -> corpus_2
     }
+    # image noise: background +-12, fill +-15 per channel, centre offset +-6% of the side
+    p["jitter"] = np.concatenate([rng.integers(-12, 13, (n, 3)), rng.integers(-15, 16, (n, 3)),
+                                  rng.integers(-6, 7, (n, 2))], axis=1)
     ids = set()
     pid = []
     for _ in range(n):
@@ -250,21 +253,19 @@ def _shape_points(cat: int, cx: float, cy: float, r: float) -> List[Tuple[float,
     return pts
 
 
-def render_image(products: Dict[str, np.ndarray], i: int, size: int, seed: int):
-    """The PIL image of product i (deterministic for (seed, i))."""
+def render_image(products: Dict[str, np.ndarray], i: int, size: int, seed: int = 0):
+    """The PIL image of product i (deterministic: all randomness is in `products`)."""
     from PIL import Image, ImageDraw
 
-    rng = np.random.default_rng([seed, 7, int(i)])
-    bg = np.array(MATERIAL_BG[MATERIALS[products["material"][i]]], dtype=np.int64)
-    bg = tuple(int(c) for c in np.clip(bg + rng.integers(-12, 13, 3), 0, 255))
+    # per-product jitter comes precomputed in `products` (one vectorised draw, not one RNG per image)
+    jit = products["jitter"][i]
+    bg = tuple(min(255, max(0, c + int(d))) for c, d in zip(MATERIAL_BG[MATERIALS[products["material"][i]]], jit[0:3]))
     img = Image.new("RGB", (size, size), bg)
     draw = ImageDraw.Draw(img)
-    rgb = np.array(COLOUR_RGB[COLOURS[products["colour"][i]]], dtype=np.int64)
-    fill = tuple(int(c) for c in np.clip(rgb + rng.integers(-15, 16, 3), 0, 255))
-    scale = (0.28, 0.36, 0.44)[products["size"][i]]
-    r = size * scale
-    cx = size / 2 + rng.uniform(-0.06, 0.06) * size
-    cy = size / 2 + rng.uniform(-0.06, 0.06) * size
+    fill = tuple(min(255, max(0, c + int(d))) for c, d in zip(COLOUR_RGB[COLOURS[products["colour"][i]]], jit[3:6]))
+    r = size * (0.28, 0.36, 0.44)[products["size"][i]]
+    cx = size / 2 + jit[6] / 100.0 * size
+    cy = size / 2 + jit[7] / 100.0 * size
     pts = _shape_points(int(products["category"][i]), cx, cy, r)
     draw.polygon(pts, fill=fill)
     # pattern overlay, clipped to the shape through a mask

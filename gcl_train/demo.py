@@ -38,7 +38,7 @@ WEIGHT_FNS = {"gcl": "linear", "ce": "constant"}
 # The embedded defaults. On 2 CPU cores the whole demo takes about 10 minutes, most of it
 # the two training runs; `--quick` is a 2-minute smoke version.
 DEFAULTS = dict(queries=250, docs_per_query=100, image_size=32, model="tiny", epochs=4,
-                batch_size=64, lr=1e-3, warmup=50, eval_queries=2000, seed=0)
+                batch_size=64, lr=1e-3, warmup=100, eval_queries=2000, seed=0)
 QUICK = dict(queries=40, docs_per_query=40, epochs=1, eval_queries=50)
 
 

@@ -275,3 +275,24 @@ def test_cli_bad_input(data_root, tmp_path, capsys):
     assert "different setup" in capsys.readouterr().err
     assert main(_args(data_root, out, "--max-steps", "2", "--resume", "never")) == 2
     assert os.path.isdir(out / "checkpoints")
+
+
+def test_demo_comparison_table_and_defaults():
+    from types import SimpleNamespace
+
+    from gcl_train import demo
+
+    def report(ndcg):
+        r = SimpleNamespace(name="in_domain", n_queries=10, n_docs=100, chance={"ndcg@10": 0.01},
+                            metrics={"ndcg@10": ndcg, "err": ndcg / 2, "rbp@0.9": ndcg / 3})
+        return SimpleNamespace(results={"query_0_product_id_0": r})
+
+    rows = demo.comparison({"gcl": report(0.3), "ce": report(0.2)})
+    assert rows[0]["gcl_ndcg@10"] == 0.3 and rows[0]["ce_ndcg@10"] == 0.2
+    assert rows[0]["rel_ndcg@10"] == pytest.approx(0.5) and rows[0]["rel_err"] == pytest.approx(0.5)
+    table = demo.format_table(rows)
+    assert "in_domain" in table and "+50.0%" in table and "0.3000" in table
+    args = demo.resolve_args([])
+    assert (args.model, args.docs_per_query, args.epochs) == ("tiny", 100, 4)
+    quick = demo.resolve_args(["--quick", "--epochs", "2"])
+    assert quick.queries == demo.QUICK["queries"] and quick.epochs == 2

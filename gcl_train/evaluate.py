@@ -51,7 +51,6 @@ searching; or a plain callable `retriever(query_vectors, k)` with the same resul
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
 import math
@@ -70,7 +69,6 @@ from .data.errors import DataFormatError
 from .data.fields import (
     DEFAULT_LEFT,
     DEFAULT_RIGHT,
-    FieldSpec,
     FieldSpecs,
     check_field_specs,
     fuse_embeddings,

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from itertools import repeat
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 

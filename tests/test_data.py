@@ -13,7 +13,6 @@ from gcl_train.data import (
     DEFAULT_LEFT,
     DEFAULT_RIGHT,
     DataFormatError,
-    FieldSpec,
     MarqoGSDataset,
     ReadStats,
     SPLIT_CORPUS,

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from gcl_train.data import MarqoGSDataset, ReadStats, SPLITS, iter_corpus, read_ground_truth, read_queries
+from gcl_train.data import MarqoGSDataset, ReadStats, SPLITS, iter_corpus, read_queries
 from gcl_train.data.synthetic import (
     CATEGORIES,
     COLOUR_RGB,

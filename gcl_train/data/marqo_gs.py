@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import DataFormatError
-from .fields import FieldSpec, is_missing
+from .fields import is_missing
 from .jsonstream import iter_json_lines, iter_json_members, open_text
 
 log = logging.getLogger(__name__)

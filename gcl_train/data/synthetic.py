@@ -49,7 +49,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .marqo_gs import QUERY_KEY_SEPARATOR, SPLIT_CORPUS, SPLITS
+from .marqo_gs import QUERY_KEY_SEPARATOR, SPLITS
 
 CATEGORIES = (
     "dress", "shirt", "sneakers", "handbag", "hat", "jacket", "skirt", "scarf",

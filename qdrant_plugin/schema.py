@@ -8,6 +8,7 @@ the data layout (field names, dims, mode, fused weights, HNSW graph parameters) 
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -98,22 +99,22 @@ class IndexSchema:
     schema_version: int = SCHEMA_VERSION
     plugin_version: str = field(default=PLUGIN_VERSION, compare=False)
 
-    @property
+    @functools.cached_property
     def field_names(self) -> Tuple[str, ...]:
         return tuple(n for n, _ in self.fields)
 
-    @property
+    @functools.cached_property
     def dims(self) -> Dict[str, int]:
         return dict(self.fields)
 
-    @property
+    @functools.cached_property
     def main_vector(self) -> str:
         """The named vector the multi-field search runs on (a lone field is its own)."""
         if len(self.fields) == 1:
             return self.fields[0][0]
         return CONCAT_VECTOR if self.mode == "weighted" else FUSED_VECTOR
 
-    @property
+    @functools.cached_property
     def main_dim(self) -> int:
         if self.mode == "weighted" and len(self.fields) > 1:
             return sum(d for _, d in self.fields)

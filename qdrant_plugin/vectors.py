@@ -44,14 +44,17 @@ def unit_rows(arg: str, value: Any, dim: int, rows: Optional[int] = None) -> np.
         raise ValueError(f"{arg}: expected shape [N, {dim}], got {list(np.shape(value))}")
     if rows is not None and arr.shape[0] != rows:
         raise ValueError(f"{arg}: expected {rows} rows (one per id), got {arr.shape[0]}")
-    finite = np.isfinite(arr).all(axis=1)
-    if not finite.all():
-        bad = np.flatnonzero(~finite)
+    a64 = arr.astype(np.float64)
+    # One pass: a NaN or inf anywhere in a row makes its squared norm non-finite
+    # (float32 inputs cannot overflow float64 squares).
+    sq = np.einsum("ij,ij->i", a64, a64)
+    if not np.isfinite(sq).all():
+        bad = np.flatnonzero(~np.isfinite(sq))
         raise ValueError(
             f"{arg}: rows {bad[:10].tolist()}{'...' if len(bad) > 10 else ''} contain NaN or inf "
             f"({len(bad)} of {arr.shape[0]} rows)"
         )
-    norms = np.linalg.norm(arr.astype(np.float64), axis=1)
+    norms = np.sqrt(sq)
     zero = norms < MIN_NORM
     if zero.any():
         bad = np.flatnonzero(zero)
@@ -59,7 +62,8 @@ def unit_rows(arg: str, value: Any, dim: int, rows: Optional[int] = None) -> np.
             f"{arg}: rows {bad[:10].tolist()}{'...' if len(bad) > 10 else ''} are zero vectors "
             f"(norm < {MIN_NORM}); a zero vector has no direction to compare"
         )
-    return (arr / norms[:, None]).astype(np.float32)
+    a64 /= norms[:, None]
+    return a64.astype(np.float32)
 
 
 def check_ids(ids: Any) -> List[str]:
@@ -267,7 +271,7 @@ def query_fields(schema: IndexSchema, query: Any, batch: bool) -> Tuple[Dict[str
     names = schema.field_names
     dims = schema.dims
     shape = "[Q, D]" if batch else "[D]"
-    if isinstance(query, Mapping):
+    if isinstance(query, dict) or (not isinstance(query, np.ndarray) and isinstance(query, Mapping)):
         if not query:
             raise ValueError(f"query: expected at least one field vector, got an empty mapping")
         unknown = sorted(set(query) - set(names))
@@ -310,13 +314,13 @@ def weighted_query(schema: IndexSchema, q: Mapping[str, np.ndarray], w: Mapping[
         q[f]: [Q, D_f]; returns [Q, sum_f D_f] float32.
     """
     rows = next(iter(q.values())).shape[0]
-    parts = []
+    out = np.zeros((rows, schema.main_dim), dtype=np.float32)
+    start = 0
     for f, d in schema.fields:
         if f in w:
-            parts.append(q[f].astype(np.float64) * w[f])
-        else:
-            parts.append(np.zeros((rows, d)))
-    return np.concatenate(parts, axis=1).astype(np.float32)
+            out[:, start:start + d] = q[f] * np.float32(w[f])
+        start += d
+    return out
 
 
 def brute_force(

@@ -47,14 +47,18 @@ def check_collection_name(collection: Any) -> str:
     return collection
 
 
+_QE = None
+
+
 def _qe():
-    try:
-        import qdrant_edge
-    except ImportError as e:  # pragma: no cover - the extra is installed in CI
-        raise ImportError(
-            "the embedded store needs qdrant-edge-py: pip install 'gcl[qdrant]'"
-        ) from e
-    return qdrant_edge
+    global _QE
+    if _QE is None:
+        try:
+            import qdrant_edge
+        except ImportError as e:  # pragma: no cover - the extra is installed in CI
+            raise ImportError("the embedded store needs qdrant-edge-py: pip install 'gcl[qdrant]'") from e
+        _QE = qdrant_edge
+    return _QE
 
 
 def edge_config(schema: IndexSchema) -> Any:

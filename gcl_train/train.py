@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import hashlib
 import json
 import logging
 import math
@@ -43,7 +42,6 @@ from .models import (
     FIELD_MODES,
     Encoder,
     ModelBundle,
-    atomic_torch_save,
     combine_document_fields,
     create_model,
     encode_images_tensor,

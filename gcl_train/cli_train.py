@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Dict, List, Optional
 
@@ -98,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-progress", action="store_true")
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval-splits", default="",
-                   help="comma-separated splits to evaluate (or 'all'); empty: none")
+                   help="comma-separated splits to evaluate, or 'all' (those present); empty: none")
     g.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps")
     g.add_argument("--eval-queries", type=int, default=d["eval_queries"].default)
     return p
@@ -106,10 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The `TrainConfig` for parsed arguments (validated)."""
-    from gcl_train.data import SPLITS
+    from gcl_train.data import SPLITS, MarqoGSDataset
 
     if args.eval_splits.strip() == "all":
-        eval_splits = SPLITS
+        # the splits present in the data (a training-only copy may lack the cold-start ones)
+        eval_splits = tuple(MarqoGSDataset(args.data).available_splits()) if os.path.isdir(args.data) else SPLITS
     else:
         eval_splits = tuple(s.strip() for s in args.eval_splits.split(",") if s.strip())
     cfg = TrainConfig(

@@ -41,14 +41,19 @@ GPU speed or accuracy figure is claimed here.
 """
 from __future__ import annotations
 
-import math
 import os
+import warnings
 
 import torch
 import triton
 import triton.language as tl
 
 from .._validation import GCLInputs
+
+# Block pointers keep tile addresses out of registers (see _tile_scores). Triton 3.7+ marks
+# them deprecated in favour of tensor descriptors, which need 16-byte aligned rows (D % 8
+# for bf16) and are newer than the Triton 3.6 this must also run on.
+warnings.filterwarnings("ignore", message="tl.make_block_ptr is deprecated", category=UserWarning)
 
 # Read once at import: triton.jit picks the interpreter or the compiler at decoration time.
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -69,6 +74,9 @@ _FWD_COL_GROUPS = 16
 # Tiles used under the interpreter (one config: autotune with several fails there). Small
 # enough that tiny test shapes still span several tiles, D chunks and D_OUT chunks.
 _INTERPRET_TILES = {"TILE": 16, "TILE_MULTI": 32, "BK": 16, "D_OUT": 16}
+# Masked (or padded) scores, in log2 units: finite, so that 2^(_MASKED - finite) is exactly 0,
+# dS * S stays 0 there (0 * -inf would be NaN) and no -inf guard is needed anywhere.
+_MASKED = tl.constexpr(-1.0e30)
 
 
 # --------------------------------------------------------------------------------------
@@ -78,52 +86,65 @@ _INTERPRET_TILES = {"TILE": 16, "TILE_MULTI": 32, "BK": 16, "D_OUT": 16}
 def _tile_scores(
     x_ptr,  # [F_L, B, D] lhs embeddings (contiguous)
     y_ptr,  # [F_R, B_R, D] rhs embeddings (contiguous)
-    l_m, i_m, row_ok,  # [TILE_M] lhs field, row index, validity of each stacked row
-    r_n, j_n, col_ok,  # [TILE_N] rhs field, column index, validity of each stacked column
-    B, B_R, D,
-    TILE_M: tl.constexpr, TILE_N: tl.constexpr, BK: tl.constexpr,
-    CAST_F32: tl.constexpr, PRECISION: tl.constexpr,
+    row0, col0,  # first row (of every lhs field) and first column (of every rhs field)
+    B, B_R, D, stride_xf, stride_yf,  # stride_xf = B * D, stride_yf = B_R * D (host-computed)
+    F_L: tl.constexpr, F_R: tl.constexpr, F_LP: tl.constexpr, F_RP: tl.constexpr,
+    TILE_M: tl.constexpr, TILE_N: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    BK: tl.constexpr, CAST_F32: tl.constexpr, PRECISION: tl.constexpr,
+    TRANSPOSED: tl.constexpr,
 ):
-    # dot[m, n] = <x[l_m, i_m, :], y[r_n, j_n, :]>, float32 accumulation, loop over D.
-    x_rows = x_ptr + (l_m.to(tl.int64) * B + i_m) * D
-    y_rows = y_ptr + (r_n.to(tl.int64) * B_R + j_n) * D
-    offs_k = tl.arange(0, BK)
-    acc = tl.zeros((TILE_M, TILE_N), dtype=tl.float32)
-    for k0 in range(0, D, BK):
-        kk = k0 + offs_k
-        k_ok = kk < D
-        xt = tl.load(x_rows[:, None] + kk[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        yt = tl.load(y_rows[:, None] + kk[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+    # dot[(l, i), (r, j)] = <x[l, row0 + i, :], y[r, col0 + j, :]>, float32 accumulation,
+    # loop over D; [TILE_M, TILE_N], or its transpose [TILE_N, TILE_M] if TRANSPOSED. Block pointers: padding fields, the ragged tail and k >= D load as 0, and
+    # the addresses are not held per element in registers (plain pointer tensors cost ~150).
+    xb = tl.make_block_ptr(x_ptr, (F_L, B, D), (stride_xf, D, 1), (0, row0, 0), (F_LP, BM, BK), (2, 1, 0))
+    yb = tl.make_block_ptr(y_ptr, (F_R, B_R, D), (stride_yf, D, 1), (0, col0, 0), (F_RP, BN, BK), (2, 1, 0))
+    if TRANSPOSED:
+        acc = tl.zeros((TILE_N, TILE_M), dtype=tl.float32)
+    else:
+        acc = tl.zeros((TILE_M, TILE_N), dtype=tl.float32)
+    for _ in range(0, D, BK):
+        xt = tl.reshape(tl.load(xb, boundary_check=(0, 1, 2), padding_option="zero"), (TILE_M, BK))
+        yt = tl.reshape(tl.load(yb, boundary_check=(0, 1, 2), padding_option="zero"), (TILE_N, BK))
         if CAST_F32:
             # the interpreter's bf16/fp16 dot is wrong; the GPU keeps 16-bit tensor-core inputs
             xt = xt.to(tl.float32)
             yt = yt.to(tl.float32)
-        acc = tl.dot(xt, tl.trans(yt), acc, input_precision=PRECISION)
+        if TRANSPOSED:
+            acc = tl.dot(yt, tl.trans(xt), acc, input_precision=PRECISION)
+        else:
+            acc = tl.dot(xt, tl.trans(yt), acc, input_precision=PRECISION)
+        xb = tl.advance(xb, (0, 0, BK))
+        yb = tl.advance(yb, (0, 0, BK))
     return acc
 
 
 @triton.jit
-def _keep_mask(
+def _masked_scores(
+    dot,     # [TILE_M, TILE_N] float32 raw dot products <x_i, y_j>
+    scale2,  # s * log2(e)
     lg_ptr,  # [B] int64 lhs group ids (read only if HAS_LG)
     rg_ptr,  # [B_R] int64 rhs group ids (read only if HAS_RG)
     i_m, row_ok, j_n, col_ok, B, B_R,
     HAS_LG: tl.constexpr, HAS_RG: tl.constexpr,
 ):
-    # keep[i, j] = valid and not M[i, j];
-    # M[i, j] = (i != j) and ((j < B and lg[i] == lg[j]) or rg[i] == rg[j])
-    keep = row_ok[:, None] & col_ok[None, :]
-    if HAS_LG or HAS_RG:
-        hit = tl.zeros(keep.shape, dtype=tl.int1)
-        if HAS_LG:
-            lg_i = tl.load(lg_ptr + i_m, mask=i_m < B, other=0)
-            lg_j = tl.load(lg_ptr + j_n, mask=j_n < B, other=0)
-            hit = hit | ((lg_i[:, None] == lg_j[None, :]) & (j_n < B)[None, :])
-        if HAS_RG:
-            rg_i = tl.load(rg_ptr + i_m, mask=i_m < B, other=0)
-            rg_j = tl.load(rg_ptr + j_n, mask=j_n < B_R, other=0)
-            hit = hit | (rg_i[:, None] == rg_j[None, :])
-        keep = keep & ((i_m[:, None] == j_n[None, :]) | ~hit)
-    return keep
+    # S2[i, j] = s * log2(e) * <x_i, y_j>, or _MASKED where (i, j) is padding or
+    # M[i, j] = (i != j) and ((j < B and lg[i] == lg[j]) or rg[i] == rg[j]).
+    # Padding costs one broadcast add (no [TILE_M, TILE_N] predicate); _MASKED is finite, so
+    # 2^(S2 - anything finite) is exactly 0 and S2 * 0 is 0 (with -inf it would be NaN).
+    pen_m = tl.where(row_ok, 0.0, _MASKED)
+    pen_n = tl.where(col_ok, 0.0, _MASKED)
+    s2 = dot * scale2 + (pen_m[:, None] + pen_n[None, :])
+    if HAS_LG:
+        lg_i = tl.load(lg_ptr + i_m, mask=i_m < B, other=0)
+        lg_j = tl.load(lg_ptr + j_n, mask=j_n < B, other=0)
+        hit = (lg_i[:, None] == lg_j[None, :]) & (j_n < B)[None, :]
+        s2 = tl.where(hit & (i_m[:, None] != j_n[None, :]), _MASKED, s2)
+    if HAS_RG:
+        rg_i = tl.load(rg_ptr + i_m, mask=i_m < B, other=0)
+        rg_j = tl.load(rg_ptr + j_n, mask=j_n < B_R, other=0)
+        hit = rg_i[:, None] == rg_j[None, :]
+        s2 = tl.where(hit & (i_m[:, None] != j_n[None, :]), _MASKED, s2)
+    return s2
 
 
 @triton.jit
@@ -223,7 +244,7 @@ def _dscores(
 ):
     # dS / g = a*rw_i*P_row + a*cw_j*P_col - [i == j] * a*(rw_i + cw_i), with the weights
     # folded into the exponent: a*rw_i*P_row = 2^(S2 - (lse2_row - log2(a*rw_i))) = 2^(S2 - rbias).
-    # Masked or padded entries have S2 = -inf (or bias = +inf) and get exactly 0.
+    # Masked or padded entries have S2 = _MASKED (or bias = +inf) and get exactly 0.
     ds = tl.zeros((TILE_M, TILE_N), dtype=tl.float32)
     if HAS_ROW:
         ds += tl.exp2(s2 - _expand_rows(rbias, TILE_M, TILE_N, F_RP, BN))
@@ -231,6 +252,90 @@ def _dscores(
         ds += tl.exp2(s2 - _expand_cols(cbias, TILE_M, TILE_N, F_LP, BM))
     on_diag = i_m[:, None] == j_n[None, :]
     ds -= tl.where(on_diag, _expand_rows(dcoef, TILE_M, TILE_N, F_RP, BN), 0.0)
+    return ds
+
+
+@triton.jit
+def _masked_scores_t(
+    dot_t,   # [TILE_N, TILE_M] float32 raw dot products, transposed: dot_t[n, m] = <x_m, y_n>
+    scale2, lg_ptr, rg_ptr, i_m, row_ok, j_n, col_ok, B, B_R,
+    HAS_LG: tl.constexpr, HAS_RG: tl.constexpr,
+):
+    # the transpose of _masked_scores (same masking rules)
+    pen_m = tl.where(row_ok, 0.0, _MASKED)
+    pen_n = tl.where(col_ok, 0.0, _MASKED)
+    s2 = dot_t * scale2 + (pen_n[:, None] + pen_m[None, :])
+    if HAS_LG:
+        lg_i = tl.load(lg_ptr + i_m, mask=i_m < B, other=0)
+        lg_j = tl.load(lg_ptr + j_n, mask=j_n < B, other=0)
+        hit = (lg_j[:, None] == lg_i[None, :]) & (j_n < B)[:, None]
+        s2 = tl.where(hit & (j_n[:, None] != i_m[None, :]), _MASKED, s2)
+    if HAS_RG:
+        rg_i = tl.load(rg_ptr + i_m, mask=i_m < B, other=0)
+        rg_j = tl.load(rg_ptr + j_n, mask=j_n < B_R, other=0)
+        hit = rg_j[:, None] == rg_i[None, :]
+        s2 = tl.where(hit & (j_n[:, None] != i_m[None, :]), _MASKED, s2)
+    return s2
+
+
+@triton.jit
+def _load_row_stat_t(
+    ptr,  # [P, B] float32 per-pair statistic
+    l_m, i_m, row_ok, F_R: tl.constexpr, F_RP: tl.constexpr, B, other,
+):
+    # -> [F_RP, TILE_M]: stat[l_m * F_R + r, i_m] (the transpose of _load_row_stat)
+    r = tl.arange(0, F_RP)
+    offs = (l_m[None, :] * F_R + r[:, None]).to(tl.int64) * B + i_m[None, :]
+    return tl.load(ptr + offs, mask=row_ok[None, :] & (r < F_R)[:, None], other=other)
+
+
+@triton.jit
+def _load_col_stat_t(
+    ptr,  # [P, B] float32 per-pair statistic (columns j < B only)
+    r_n, j_n, col_ok, F_L: tl.constexpr, F_R: tl.constexpr, F_LP: tl.constexpr, B, other,
+):
+    # -> [TILE_N, F_LP]: stat[l * F_R + r_n, j_n] (the transpose of _load_col_stat)
+    l = tl.arange(0, F_LP)
+    offs = (l[None, :] * F_R + r_n[:, None]).to(tl.int64) * B + j_n[:, None]
+    ok = (l < F_L)[None, :] & (col_ok & (j_n < B))[:, None]
+    return tl.load(ptr + offs, mask=ok, other=other)
+
+
+@triton.jit
+def _expand_rows_t(v, TILE_M: tl.constexpr, TILE_N: tl.constexpr, F_RP: tl.constexpr, BN: tl.constexpr):
+    # [F_RP, TILE_M] -> [TILE_N, TILE_M]: value of pair (l_m, r_n) at every column n
+    if F_RP == 1:
+        out = tl.broadcast_to(v, (TILE_N, TILE_M))
+    else:
+        out = tl.reshape(tl.broadcast_to(v[:, None, :], (F_RP, BN, TILE_M)), (TILE_N, TILE_M))
+    return out
+
+
+@triton.jit
+def _expand_cols_t(v, TILE_M: tl.constexpr, TILE_N: tl.constexpr, F_LP: tl.constexpr, BM: tl.constexpr):
+    # [TILE_N, F_LP] -> [TILE_N, TILE_M]
+    if F_LP == 1:
+        out = tl.broadcast_to(v, (TILE_N, TILE_M))
+    else:
+        out = tl.reshape(tl.broadcast_to(v[:, :, None], (TILE_N, F_LP, BM)), (TILE_N, TILE_M))
+    return out
+
+
+@triton.jit
+def _dscores_t(
+    s2_t, rbias_t, cbias_t, dcoef_t, i_m, j_n,
+    TILE_M: tl.constexpr, TILE_N: tl.constexpr, F_LP: tl.constexpr, F_RP: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, HAS_ROW: tl.constexpr, HAS_COL: tl.constexpr,
+):
+    # the transpose of _dscores: [TILE_N, TILE_M], so that dS^T feeds tl.dot as the left
+    # operand straight from registers (a tl.trans of dS would round-trip shared memory)
+    ds = tl.zeros((TILE_N, TILE_M), dtype=tl.float32)
+    if HAS_ROW:
+        ds += tl.exp2(s2_t - _expand_rows_t(rbias_t, TILE_M, TILE_N, F_RP, BN))
+    if HAS_COL:
+        ds += tl.exp2(s2_t - _expand_cols_t(cbias_t, TILE_M, TILE_N, F_LP, BM))
+    on_diag = j_n[:, None] == i_m[None, :]
+    ds -= tl.where(on_diag, _expand_rows_t(dcoef_t, TILE_M, TILE_N, F_RP, BN), 0.0)
     return ds
 
 
@@ -246,7 +351,7 @@ def _gcl_fwd_stats_kernel(
     rg_ptr,       # [B_R] int64 rhs group ids (read only if HAS_RG)
     rowpart_ptr,  # [C, P, B] float32 out: log2-sum-exp2 of S2 over column group c (if HAS_ROW)
     colpart_ptr,  # [G, P, B] float32 out: log2-sum-exp2 of S2 over row group g (if HAS_COL)
-    B, B_R, D, G, GROUP_ROWS, GROUP_COLS,
+    B, B_R, N_COLS, D, stride_xf, stride_yf, G, GROUP_ROWS, GROUP_COLS,
     F_L: tl.constexpr, F_R: tl.constexpr, F_LP: tl.constexpr, F_RP: tl.constexpr,
     HAS_ROW: tl.constexpr, HAS_COL: tl.constexpr, HAS_LG: tl.constexpr, HAS_RG: tl.constexpr,
     CAST_F32: tl.constexpr, PRECISION: tl.constexpr,
@@ -256,6 +361,7 @@ def _gcl_fwd_stats_kernel(
     # For every pair p = (l, r), row i < B and column j < B (GCL_SPEC section 1):
     #   row[i] = log sum_{j < B_R, kept} exp(S[i, j]),  col[j] = log sum_{i < B, kept} exp(S[i, j])
     # in log2 units; this program covers rows [g*GROUP_ROWS, ...) x columns [c*GROUP_COLS, ...).
+    # N_COLS = B_R, or B when there is no row term (no statistic needs columns j >= B).
     P = F_L * F_R
     pid = tl.program_id(0)
     g = pid % G
@@ -264,7 +370,7 @@ def _gcl_fwd_stats_kernel(
     row_lo = g * GROUP_ROWS
     row_hi = tl.minimum(row_lo + GROUP_ROWS, B)
     col_lo = c * GROUP_COLS
-    col_hi = tl.minimum(col_lo + GROUP_COLS, B_R)
+    col_hi = tl.minimum(col_lo + GROUP_COLS, N_COLS)
     offs_m = tl.arange(0, TILE_M)
     offs_n = tl.arange(0, TILE_N)
     l_m = offs_m // BM
@@ -279,25 +385,27 @@ def _gcl_fwd_stats_kernel(
         l_run = tl.zeros((TILE_M, F_RP), dtype=tl.float32)
         for col0 in range(col_lo, col_hi, BN):
             j_n = col0 + offs_n % BN
-            col_ok = (r_n < F_R) & (j_n < B_R)
-            dot = _tile_scores(x_ptr, y_ptr, l_m, i_m, row_ok, r_n, j_n, col_ok, B, B_R, D,
-                               TILE_M, TILE_N, BK, CAST_F32, PRECISION)
-            keep = _keep_mask(lg_ptr, rg_ptr, i_m, row_ok, j_n, col_ok, B, B_R, HAS_LG, HAS_RG)
-            s2 = tl.where(keep, dot * scale2, float("-inf"))
+            col_ok = (r_n < F_R) & (j_n < N_COLS)
+            dot = _tile_scores(x_ptr, y_ptr, row0, col0, B, B_R, D, stride_xf, stride_yf,
+                               F_L, F_R, F_LP, F_RP, TILE_M, TILE_N, BM, BN, BK,
+                               CAST_F32, PRECISION, False)
+            s2 = _masked_scores(dot, scale2, lg_ptr, rg_ptr, i_m, row_ok, j_n, col_ok, B, B_R,
+                                HAS_LG, HAS_RG)
             if HAS_ROW:
-                # online log-sum-exp along the row (flash-attention), per rhs field
+                # online log-sum-exp along the row (flash-attention), per rhs field. A row
+                # masked so far has m = _MASKED and counts its masked entries as 2^0; the
+                # first kept score rescales that by 2^(_MASKED - m) = 0. Every kept row has
+                # its diagonal in one column group, and the merge drops partials near _MASKED.
                 m_new = tl.maximum(m_run, _rows_max(s2, TILE_M, F_RP, BN))
-                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-                p = tl.exp2(s2 - _expand_rows(m_safe, TILE_M, TILE_N, F_RP, BN))
-                l_run = l_run * tl.exp2(m_run - m_safe) + _rows_sum(p, TILE_M, F_RP, BN)
+                p = tl.exp2(s2 - _expand_rows(m_new, TILE_M, TILE_N, F_RP, BN))
+                l_run = l_run * tl.exp2(m_run - m_new) + _rows_sum(p, TILE_M, F_RP, BN)
                 m_run = m_new
             if HAS_COL:
                 # this tile's column log-sum-exp, merged into the slice of colpart[g] that
                 # only this program writes; the first row block of the group initialises it
                 c_max = _cols_max(s2, TILE_N, F_LP, BM)
-                c_safe = tl.where(c_max == float("-inf"), 0.0, c_max)
-                q = tl.exp2(s2 - _expand_cols(c_safe, TILE_M, TILE_N, F_LP, BM))
-                t = c_safe + tl.log2(_cols_sum(q, TILE_N, F_LP, BM))
+                q = tl.exp2(s2 - _expand_cols(c_max, TILE_M, TILE_N, F_LP, BM))
+                t = c_max + tl.log2(_cols_sum(q, TILE_N, F_LP, BM))
                 offs = ((g * P + l_all[:, None] * F_R + r_n[None, :]).to(tl.int64) * B
                         + j_n[None, :])
                 ok = (l_all < F_L)[:, None] & (col_ok & (j_n < B))[None, :]
@@ -364,7 +472,7 @@ def _gcl_fwd_merge_kernel(
     if HAS_ROW:
         lse = tl.full((PP, BLOCK), float("-inf"), dtype=tl.float32)
         for cc in range(0, C):
-            v = tl.load(rowpart_ptr + cc * P * B + offs_pb, mask=ok, other=float("-inf"))
+            v = tl.load(rowpart_ptr + (cc * P).to(tl.int64) * B + offs_pb, mask=ok, other=float("-inf"))
             lse = _lse2_merge(lse, v)
         rw = tl.load(rw_ptr + i, mask=i_ok, other=0.0)[None, :]
         aw = a * rw
@@ -374,7 +482,7 @@ def _gcl_fwd_merge_kernel(
     if HAS_COL:
         lse = tl.full((PP, BLOCK), float("-inf"), dtype=tl.float32)
         for gg in range(0, G):
-            v = tl.load(colpart_ptr + gg * P * B + offs_pb, mask=ok, other=float("-inf"))
+            v = tl.load(colpart_ptr + (gg * P).to(tl.int64) * B + offs_pb, mask=ok, other=float("-inf"))
             lse = _lse2_merge(lse, v)
         cw = tl.load(cw_ptr + i, mask=i_ok, other=0.0)[None, :]
         aw = a * cw
@@ -401,7 +509,7 @@ def _gcl_bwd_dx_kernel(
     dcoef_ptr,   # [P, B] float32 diagonal coefficient from the forward
     dx_ptr,      # [F_L, B, D] out: d loss / d lhs, input dtype
     dsrow_ptr,   # [F_L, B] float32 out: sum_j dS[i, j] * <x_i, y_j> / g (for d logit_scale)
-    B, B_R, D,
+    B, B_R, N_COLS, D, stride_xf, stride_yf,
     F_L: tl.constexpr, F_R: tl.constexpr, F_LP: tl.constexpr, F_RP: tl.constexpr,
     HAS_ROW: tl.constexpr, HAS_COL: tl.constexpr, HAS_LG: tl.constexpr, HAS_RG: tl.constexpr,
     CAST_F32: tl.constexpr, PRECISION: tl.constexpr,
@@ -425,34 +533,37 @@ def _gcl_bwd_dx_kernel(
     if HAS_ROW:
         rbias = _load_row_stat(rbias_ptr, l_m, i_m, row_ok, F_R, F_RP, B, float("inf"))
     dcoef = _load_row_stat(dcoef_ptr, l_m, i_m, row_ok, F_R, F_RP, B, 0.0)
-    offs_d = pid_d * D_OUT + tl.arange(0, D_OUT)
-    d_ok = offs_d < D
     acc = tl.zeros((TILE_M, D_OUT), dtype=tl.float32)
     ds_acc = tl.zeros((TILE_M,), dtype=tl.float32)
-    for col0 in range(0, B_R, BN):
+    row0 = pid_m * BM
+    d0 = pid_d * D_OUT
+    for col0 in range(0, N_COLS, BN):
         j_n = col0 + offs_n % BN
-        col_ok = (r_n < F_R) & (j_n < B_R)
-        dot = _tile_scores(x_ptr, y_ptr, l_m, i_m, row_ok, r_n, j_n, col_ok, B, B_R, D,
-                           TILE_M, TILE_N, BK, CAST_F32, PRECISION)
-        keep = _keep_mask(lg_ptr, rg_ptr, i_m, row_ok, j_n, col_ok, B, B_R, HAS_LG, HAS_RG)
-        s2 = tl.where(keep, dot * scale2, float("-inf"))
+        col_ok = (r_n < F_R) & (j_n < N_COLS)
+        dot = _tile_scores(x_ptr, y_ptr, row0, col0, B, B_R, D, stride_xf, stride_yf,
+                           F_L, F_R, F_LP, F_RP, TILE_M, TILE_N, BM, BN, BK,
+                           CAST_F32, PRECISION, False)
+        s2 = _masked_scores(dot, scale2, lg_ptr, rg_ptr, i_m, row_ok, j_n, col_ok, B, B_R,
+                            HAS_LG, HAS_RG)
         cbias = tl.zeros((F_LP, TILE_N), dtype=tl.float32)
         if HAS_COL:
             cbias = _load_col_stat(cbias_ptr, r_n, j_n, col_ok, F_L, F_R, F_LP, B, float("inf"))
         ds = _dscores(s2, rbias, cbias, dcoef, i_m, j_n, TILE_M, TILE_N, F_LP, F_RP, BM, BN,
                       HAS_ROW, HAS_COL)
-        ds_acc += tl.sum(ds * dot, axis=1)
-        y_rows = y_ptr + (r_n.to(tl.int64) * B_R + j_n) * D
-        yo = tl.load(y_rows[:, None] + offs_d[None, :], mask=col_ok[:, None] & d_ok[None, :],
-                     other=0.0)
+        ds_acc += tl.sum(ds * s2, axis=1)  # masked: 0 * _MASKED = 0
+        yob = tl.make_block_ptr(y_ptr, (F_R, B_R, D), (stride_yf, D, 1), (0, col0, d0),
+                                (F_RP, BN, D_OUT), (2, 1, 0))
+        yo = tl.reshape(tl.load(yob, boundary_check=(0, 1, 2), padding_option="zero"),
+                        (TILE_N, D_OUT))
         if CAST_F32:
             acc = tl.dot(ds, yo.to(tl.float32), acc, input_precision=PRECISION)
         else:
             acc = tl.dot(ds.to(yo.dtype), yo, acc, input_precision=PRECISION)
-    x_rows = (l_m.to(tl.int64) * B + i_m) * D
-    tl.store(dx_ptr + x_rows[:, None] + offs_d[None, :],
-             (acc * coef).to(dx_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
-    tl.store(dsrow_ptr + l_m * B + i_m, ds_acc, mask=row_ok & (pid_d == 0))
+    dxb = tl.make_block_ptr(dx_ptr, (F_L, B, D), (stride_xf, D, 1), (0, row0, d0),
+                            (F_LP, BM, D_OUT), (2, 1, 0))
+    tl.store(dxb, tl.reshape((acc * coef).to(dx_ptr.dtype.element_ty), (F_LP, BM, D_OUT)),
+             boundary_check=(0, 1, 2))
+    tl.store(dsrow_ptr + l_m * B + i_m, ds_acc / scale2, mask=row_ok & (pid_d == 0))
 
 
 @triton.jit
@@ -467,7 +578,7 @@ def _gcl_bwd_dy_kernel(
     cbias_ptr,   # [P, B] float32 column bias (if HAS_COL)
     dcoef_ptr,   # [P, B] float32 diagonal coefficient
     dy_ptr,      # [F_R, B_R, D] out: d loss / d rhs, input dtype
-    B, B_R, D,
+    B, B_R, N_COLS, D, stride_xf, stride_yf,
     F_L: tl.constexpr, F_R: tl.constexpr, F_LP: tl.constexpr, F_RP: tl.constexpr,
     HAS_ROW: tl.constexpr, HAS_COL: tl.constexpr, HAS_LG: tl.constexpr, HAS_RG: tl.constexpr,
     CAST_F32: tl.constexpr, PRECISION: tl.constexpr,
@@ -484,37 +595,41 @@ def _gcl_bwd_dy_kernel(
     offs_n = tl.arange(0, TILE_N)
     l_m = offs_m // BM
     r_n = offs_n // BN
-    j_n = pid_n * BN + offs_n % BN
-    col_ok = (r_n < F_R) & (j_n < B_R)
-    cbias = tl.zeros((F_LP, TILE_N), dtype=tl.float32)
+    col0 = pid_n * BN
+    d0 = pid_d * D_OUT
+    j_n = col0 + offs_n % BN
+    col_ok = (r_n < F_R) & (j_n < N_COLS)
+    # everything in the transposed orientation [TILE_N, TILE_M]: dS^T @ x needs no transpose
+    cbias_t = tl.zeros((TILE_N, F_LP), dtype=tl.float32)
     if HAS_COL:
-        cbias = _load_col_stat(cbias_ptr, r_n, j_n, col_ok, F_L, F_R, F_LP, B, float("inf"))
-    offs_d = pid_d * D_OUT + tl.arange(0, D_OUT)
-    d_ok = offs_d < D
+        cbias_t = _load_col_stat_t(cbias_ptr, r_n, j_n, col_ok, F_L, F_R, F_LP, B, float("inf"))
     acc = tl.zeros((TILE_N, D_OUT), dtype=tl.float32)
     for row0 in range(0, B, BM):
         i_m = row0 + offs_m % BM
         row_ok = (l_m < F_L) & (i_m < B)
-        dot = _tile_scores(x_ptr, y_ptr, l_m, i_m, row_ok, r_n, j_n, col_ok, B, B_R, D,
-                           TILE_M, TILE_N, BK, CAST_F32, PRECISION)
-        keep = _keep_mask(lg_ptr, rg_ptr, i_m, row_ok, j_n, col_ok, B, B_R, HAS_LG, HAS_RG)
-        s2 = tl.where(keep, dot * scale2, float("-inf"))
-        rbias = tl.zeros((TILE_M, F_RP), dtype=tl.float32)
+        dot_t = _tile_scores(x_ptr, y_ptr, row0, col0, B, B_R, D, stride_xf, stride_yf,
+                             F_L, F_R, F_LP, F_RP, TILE_M, TILE_N, BM, BN, BK,
+                             CAST_F32, PRECISION, True)
+        s2_t = _masked_scores_t(dot_t, scale2, lg_ptr, rg_ptr, i_m, row_ok, j_n, col_ok, B, B_R,
+                                HAS_LG, HAS_RG)
+        rbias_t = tl.zeros((F_RP, TILE_M), dtype=tl.float32)
         if HAS_ROW:
-            rbias = _load_row_stat(rbias_ptr, l_m, i_m, row_ok, F_R, F_RP, B, float("inf"))
-        dcoef = _load_row_stat(dcoef_ptr, l_m, i_m, row_ok, F_R, F_RP, B, 0.0)
-        ds = _dscores(s2, rbias, cbias, dcoef, i_m, j_n, TILE_M, TILE_N, F_LP, F_RP, BM, BN,
-                      HAS_ROW, HAS_COL)
-        x_rows = x_ptr + (l_m.to(tl.int64) * B + i_m) * D
-        xo = tl.load(x_rows[:, None] + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :],
-                     other=0.0)
+            rbias_t = _load_row_stat_t(rbias_ptr, l_m, i_m, row_ok, F_R, F_RP, B, float("inf"))
+        dcoef_t = _load_row_stat_t(dcoef_ptr, l_m, i_m, row_ok, F_R, F_RP, B, 0.0)
+        ds_t = _dscores_t(s2_t, rbias_t, cbias_t, dcoef_t, i_m, j_n, TILE_M, TILE_N, F_LP, F_RP,
+                          BM, BN, HAS_ROW, HAS_COL)
+        xob = tl.make_block_ptr(x_ptr, (F_L, B, D), (stride_xf, D, 1), (0, row0, d0),
+                                (F_LP, BM, D_OUT), (2, 1, 0))
+        xo = tl.reshape(tl.load(xob, boundary_check=(0, 1, 2), padding_option="zero"),
+                        (TILE_M, D_OUT))
         if CAST_F32:
-            acc = tl.dot(tl.trans(ds), xo.to(tl.float32), acc, input_precision=PRECISION)
+            acc = tl.dot(ds_t, xo.to(tl.float32), acc, input_precision=PRECISION)
         else:
-            acc = tl.dot(tl.trans(ds.to(xo.dtype)), xo, acc, input_precision=PRECISION)
-    y_rows = (r_n.to(tl.int64) * B_R + j_n) * D
-    tl.store(dy_ptr + y_rows[:, None] + offs_d[None, :],
-             (acc * coef).to(dy_ptr.dtype.element_ty), mask=col_ok[:, None] & d_ok[None, :])
+            acc = tl.dot(ds_t.to(xo.dtype), xo, acc, input_precision=PRECISION)
+    dyb = tl.make_block_ptr(dy_ptr, (F_R, B_R, D), (stride_yf, D, 1), (0, col0, d0),
+                            (F_RP, BN, D_OUT), (2, 1, 0))
+    tl.store(dyb, tl.reshape((acc * coef).to(dy_ptr.dtype.element_ty), (F_RP, BN, D_OUT)),
+             boundary_check=(0, 1, 2))
 
 
 # --------------------------------------------------------------------------------------
@@ -546,17 +661,19 @@ _FWD_CONFIGS = [
     _config(4, 3, TILE_M=64, TILE_N=128, BK=64),
     _config(4, 4, TILE_M=64, TILE_N=64, BK=64),
 ]
-# (stationary tile, streamed tile, D_OUT): the stationary tile times D_OUT float32
-# accumulators must fit in registers (<= 32K per program); a smaller D_OUT means more
-# programs per row block, each recomputing S (docs/triton_kernel.md).
+# (stationary tile, streamed tile, D_OUT). The stationary tile times D_OUT float32
+# accumulators stay in registers across the whole sweep, so D_OUT is small and a program
+# covers one D_OUT chunk of the gradient, recomputing S once per chunk (docs/triton_kernel.md).
+# Offline sm_90 builds (Triton 3.8, bf16, one field pair) put the first two at 250-255
+# registers with 0-56 bytes of spill; 128-row stationary tiles and D_OUT = 512 spill more.
 _BWD_SHAPES = [
     # stationary, streamed, BK, D_OUT, warps, stages
-    (64, 64, 64, 512, 8, 2),
-    (64, 64, 64, 256, 4, 2),
-    (128, 64, 64, 256, 8, 2),
+    (64, 64, 64, 256, 8, 2),
+    (64, 64, 32, 256, 8, 3),
     (64, 128, 64, 128, 8, 2),
-    (128, 128, 64, 128, 8, 2),
-    (32, 64, 64, 1024, 8, 2),
+    (128, 64, 64, 128, 8, 2),
+    (64, 64, 64, 128, 4, 2),
+    (64, 64, 64, 512, 8, 2),
 ]
 _DX_CONFIGS = [_config(w, st, TILE_M=a, TILE_N=b, BK=k, D_OUT=d) for a, b, k, d, w, st in _BWD_SHAPES]
 _DY_CONFIGS = [_config(w, st, TILE_M=b, TILE_N=a, BK=k, D_OUT=d) for a, b, k, d, w, st in _BWD_SHAPES]
@@ -580,34 +697,11 @@ def _clamp_configs(configs, d: int):
     return out
 
 
-def _bwd_cost(cfg, d: int, stationary: str) -> float:
-    """Rough per-tile cost of a backward config: S recomputed once per D_OUT chunk, plus the
-    (padded) gradient product; thin stationary tiles run the tensor cores below rate."""
-    d_out = cfg.kwargs["D_OUT"]
-    n_chunks = -(-d // d_out)
-    cost = n_chunks * (d + d_out)
-    if cfg.kwargs[stationary] < 64:
-        cost /= 0.6
-    return cost
-
-
-def _prune_fwd(configs, named_args, **kwargs):
+def _prune(configs, named_args, **kwargs):
     configs = _clamp_configs(configs, named_args["D"])
     return configs if _autotune_enabled() else configs[:1]
 
 
-def _prune_dx(configs, named_args, **kwargs):
-    configs = _clamp_configs(configs, named_args["D"])
-    if _autotune_enabled():
-        return configs
-    return [min(configs, key=lambda c: _bwd_cost(c, named_args["D"], "TILE_M"))]
-
-
-def _prune_dy(configs, named_args, **kwargs):
-    configs = _clamp_configs(configs, named_args["D"])
-    if _autotune_enabled():
-        return configs
-    return [min(configs, key=lambda c: _bwd_cost(c, named_args["D"], "TILE_N"))]
 
 
 _TUNE_KEY = ["D", "F_LP", "F_RP", "HAS_ROW", "HAS_COL"]
@@ -619,13 +713,13 @@ _PER_FIELD = triton.heuristics({
 })
 if not _INTERPRET:
     _fwd_stats_tuned = triton.autotune(_FWD_CONFIGS, key=_TUNE_KEY,
-                                       prune_configs_by={"early_config_prune": _prune_fwd})(
+                                       prune_configs_by={"early_config_prune": _prune})(
         _PER_FIELD(_gcl_fwd_stats_kernel))
     _bwd_dx_tuned = triton.autotune(_DX_CONFIGS, key=_TUNE_KEY,
-                                    prune_configs_by={"early_config_prune": _prune_dx})(
+                                    prune_configs_by={"early_config_prune": _prune})(
         _PER_FIELD(_gcl_bwd_dx_kernel))
     _bwd_dy_tuned = triton.autotune(_DY_CONFIGS, key=_TUNE_KEY,
-                                    prune_configs_by={"early_config_prune": _prune_dy})(
+                                    prune_configs_by={"early_config_prune": _prune})(
         _PER_FIELD(_gcl_bwd_dy_kernel))
 
 
@@ -713,7 +807,8 @@ def _forward(inp: GCLInputs, row_groups: int | None = None, col_groups: int | No
     group_cols, c = _groups(n_cols, col_groups or _FWD_COL_GROUPS, align_n)
     rowpart = torch.empty((c, p, b), **f32) if fl["HAS_ROW"] else dummy
     colpart = torch.empty((g, p, b), **f32) if fl["HAS_COL"] else dummy
-    args = (x, y, scale, lg, rg, rowpart, colpart, b, n_cols, d, g, group_rows, group_cols)
+    args = (x, y, scale, lg, rg, rowpart, colpart, b, b_r, n_cols, d, b * d, b_r * d,
+            g, group_rows, group_cols)
     if _INTERPRET:
         _gcl_fwd_stats_kernel[(g * c,)](*args, **fl, **tiles)
     else:
@@ -757,7 +852,7 @@ def _backward(inp: GCLInputs, stats, gout: torch.Tensor, need_dx: bool, need_dy:
     common = (x, y, scale, g, lg, rg, rbias, cbias, dcoef)
     if need_dx:
         dx = torch.empty_like(x)
-        args = common + (dx, dsrow, b, n_cols, d)
+        args = common + (dx, dsrow, b, b_r, n_cols, d, b * d, b_r * d)
         if _INTERPRET:
             t = dict(_interpret_tiles(fl["F_LP"], fl["F_RP"]), D_OUT=_INTERPRET_TILES["D_OUT"])
             grid = (triton.cdiv(b, t["BM"]), triton.cdiv(d, t["D_OUT"]))
@@ -768,7 +863,7 @@ def _backward(inp: GCLInputs, stats, gout: torch.Tensor, need_dx: bool, need_dy:
                 *args, **fl)
     if need_dy:
         dy = torch.empty_like(y) if n_cols == b_r else torch.zeros_like(y)
-        args = common + (dy, b, n_cols, d)
+        args = common + (dy, b, b_r, n_cols, d, b * d, b_r * d)
         if _INTERPRET:
             t = dict(_interpret_tiles(fl["F_LP"], fl["F_RP"]), D_OUT=_INTERPRET_TILES["D_OUT"])
             grid = (triton.cdiv(n_cols, t["BN"]), triton.cdiv(d, t["D_OUT"]))

@@ -17,9 +17,10 @@ Kernels (all accumulate in float32; scores are kept in log2 units, S2 = S * log2
      the diagonal <x_i, y_i> by a D loop, writes the three per-pair vectors the backward
      needs (row bias, column bias, diagonal coefficient) and one loss partial per program.
   3. `_gcl_bwd_dx_kernel` (row block stationary) and `_gcl_bwd_dy_kernel` (column block
-     stationary): recompute S tile by tile, form dS, and accumulate dS @ y (resp.
-     dS^T @ x) for one chunk of D_OUT output columns; the dx kernel also writes the
-     per-row partial of d(logit_scale) = sum dS * S / s.
+     stationary, working on the transposed tile S^T so that dS^T feeds tl.dot from
+     registers): recompute S tile by tile, form dS, and accumulate dS @ y (resp. dS^T @ x)
+     for one chunk of D_OUT output columns; the dx kernel also writes the per-row partial
+     of d(logit_scale) = sum dS * S / s.
 Memory beyond inputs and gradients: (G + C) * P * B floats of partials (G, C <= 32, 16),
 3 * P * B floats of statistics, one float per row of d(logit_scale) partials; P = F_L * F_R.
 docs/triton_kernel.md gives the reasons (one forward sweep, two backward kernels, no
@@ -34,10 +35,12 @@ Differences from `reference_gcl_loss`:
   - exp2/log2 are the hardware approximations (no libdevice);
   - float64 is not served (use impl="chunked" or "reference").
 
-Tested where: only under the Triton interpreter (TRITON_INTERPRET=1) on a CPU, float32,
-against the float64 reference (tests/test_gcl_loss_triton.py). No GPU run has happened yet:
-the GPU tests and benchmarks (benchmarks/gpu_suite.sh) are written but not yet run, so no
-GPU speed or accuracy figure is claimed here.
+Tested where: under the Triton 3.8 interpreter (TRITON_INTERPRET=1) on a CPU, float32
+against the float64 reference (plus bf16 / fp16 at one small shape), and built offline for
+sm_90 with Triton 3.8's compiler and ptxas (compiled, never run: no GPU was available), see
+tests/test_gcl_loss_triton.py. No GPU run has happened yet: the GPU tests and benchmarks
+(benchmarks/gpu_suite.sh) are written but not yet run, so no GPU speed or accuracy figure
+is claimed here, and Triton 3.6 (the GPU machine's) has not compiled these kernels yet.
 """
 from __future__ import annotations
 
@@ -50,9 +53,10 @@ import triton.language as tl
 
 from .._validation import GCLInputs
 
-# Block pointers keep tile addresses out of registers (see _tile_scores). Triton 3.7+ marks
+# Block pointers keep tile addresses out of registers (see _tile_scores). Triton 3.8 calls
 # them deprecated in favour of tensor descriptors, which need 16-byte aligned rows (D % 8
-# for bf16) and are newer than the Triton 3.6 this must also run on.
+# for bf16); block pointers serve any D, run under the interpreter, and exist in the
+# Triton 3.6 the GPU machine has.
 warnings.filterwarnings("ignore", message="tl.make_block_ptr is deprecated", category=UserWarning)
 
 # Read once at import: triton.jit picks the interpreter or the compiler at decoration time.
@@ -700,8 +704,6 @@ def _clamp_configs(configs, d: int):
 def _prune(configs, named_args, **kwargs):
     configs = _clamp_configs(configs, named_args["D"])
     return configs if _autotune_enabled() else configs[:1]
-
-
 
 
 _TUNE_KEY = ["D", "F_LP", "F_RP", "HAS_ROW", "HAS_COL"]

@@ -555,3 +555,12 @@ def test_chunked_cuda_matches_reference(gen, dtype, rtol):
     torch.testing.assert_close(got[0].double().cpu(), want[0], rtol=rtol, atol=rtol)
     for a, b_ in zip(got[1:], want[1:]):
         torch.testing.assert_close(a.double().cpu(), b_, rtol=0, atol=rtol * 4 * float(b_.abs().max()))
+
+
+def test_chunked_refuses_double_backward(gen):
+    case = make_case(gen, 1, 1, b=4)
+    x = case["lhs"].clone().requires_grad_(True)
+    loss = gcl_loss(x, case["rhs"], 3.0, impl="chunked")
+    gx, = torch.autograd.grad(loss, (x,), create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
+        gx.sum().backward()

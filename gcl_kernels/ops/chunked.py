@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from .._validation import GCLInputs
 
@@ -221,6 +222,7 @@ class ChunkedGCLFunction(torch.autograd.Function):
         return loss
 
     @staticmethod
+    @once_differentiable  # the saved log-sum-exps are constants: no double backward
     def backward(ctx, grad):
         (x, y, logit_scale, row_w, col_w, a, lhs_groups, rhs_groups, lse_row,
          lse_col) = ctx.saved_tensors

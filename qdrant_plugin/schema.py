@@ -29,9 +29,9 @@ ID_KEY = "_gcl_id"
 _FIELD_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
 
 # HNSW defaults, chosen with benchmarks/bench_qdrant.py (see docs/qdrant.md).
-DEFAULT_HNSW_M = 16
-DEFAULT_HNSW_EF_CONSTRUCT = 128
-DEFAULT_HNSW_EF = 128
+DEFAULT_HNSW_M = 32
+DEFAULT_HNSW_EF_CONSTRUCT = 200
+DEFAULT_HNSW_EF = 80
 # Whether each field's own vector gets an HNSW graph too (single-field search without a scan).
 DEFAULT_INDEX_FIELDS = False
 

@@ -246,7 +246,7 @@ def test_reopen_from_disk(tmp_path, data):
     ({"fields": {"title": 16, "image": 32}}, "fields: stored"),
     ({"fields": {"title": 16, "photo": 16}}, "fields: stored"),
     ({"fields": FIELDS, "mode": "fused"}, "mode"),
-    ({"fields": FIELDS, "hnsw_m": 32}, "hnsw_m"),
+    ({"fields": FIELDS, "hnsw_m": 48}, "hnsw_m"),
     ({"fields": FIELDS, "index_fields": True}, "index_fields"),
 ])
 def test_reopen_with_a_different_schema_is_refused(tmp_path, data, kwargs, match):

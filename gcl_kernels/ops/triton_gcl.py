@@ -62,8 +62,8 @@ warnings.filterwarnings("ignore", message="tl.make_block_ptr is deprecated", cat
 # Read once at import: triton.jit picks the interpreter or the compiler at decoration time.
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
+_LOG2E = tl.constexpr(1.4426950408889634)
+_LN2 = tl.constexpr(0.6931471805599453)
 MAX_FIELDS = 4
 # The kernels loop over D, so this is a tested-range guard, not a hardware limit: above it
 # the per-tile K loop and the D_OUT chunking have never been exercised.
@@ -98,8 +98,9 @@ def _tile_scores(
     TRANSPOSED: tl.constexpr,
 ):
     # dot[(l, i), (r, j)] = <x[l, row0 + i, :], y[r, col0 + j, :]>, float32 accumulation,
-    # loop over D; [TILE_M, TILE_N], or its transpose [TILE_N, TILE_M] if TRANSPOSED. Block pointers: padding fields, the ragged tail and k >= D load as 0, and
-    # the addresses are not held per element in registers (plain pointer tensors cost ~150).
+    # loop over D; [TILE_M, TILE_N], or its transpose [TILE_N, TILE_M] if TRANSPOSED.
+    # Block pointers: padding fields, the ragged tail and k >= D load as 0, and the
+    # addresses are not held per element in registers (pointer tensors cost ~150 of them).
     xb = tl.make_block_ptr(x_ptr, (F_L, B, D), (stride_xf, D, 1), (0, row0, 0), (F_LP, BM, BK), (2, 1, 0))
     yb = tl.make_block_ptr(y_ptr, (F_R, B_R, D), (stride_yf, D, 1), (0, col0, 0), (F_RP, BN, BK), (2, 1, 0))
     if TRANSPOSED:
@@ -370,7 +371,7 @@ def _gcl_fwd_stats_kernel(
     pid = tl.program_id(0)
     g = pid % G
     c = pid // G
-    scale2 = tl.load(scale_ptr) * 1.4426950408889634
+    scale2 = tl.load(scale_ptr) * _LOG2E
     row_lo = g * GROUP_ROWS
     row_hi = tl.minimum(row_lo + GROUP_ROWS, B)
     col_lo = c * GROUP_COLS
@@ -480,7 +481,7 @@ def _gcl_fwd_merge_kernel(
             lse = _lse2_merge(lse, v)
         rw = tl.load(rw_ptr + i, mask=i_ok, other=0.0)[None, :]
         aw = a * rw
-        loss += tl.where(ok, aw * (lse * 0.6931471805599453 - s_diag), 0.0)
+        loss += tl.where(ok, aw * (lse * _LN2 - s_diag), 0.0)
         tl.store(rbias_ptr + offs_pb, lse - tl.log2(aw), mask=ok)
         dcoef += aw
     if HAS_COL:
@@ -490,7 +491,7 @@ def _gcl_fwd_merge_kernel(
             lse = _lse2_merge(lse, v)
         cw = tl.load(cw_ptr + i, mask=i_ok, other=0.0)[None, :]
         aw = a * cw
-        loss += tl.where(ok, aw * (lse * 0.6931471805599453 - s_diag), 0.0)
+        loss += tl.where(ok, aw * (lse * _LN2 - s_diag), 0.0)
         tl.store(cbias_ptr + offs_pb, lse - tl.log2(aw), mask=ok)
         dcoef += aw
     tl.store(dcoef_ptr + offs_pb, dcoef, mask=ok)
@@ -525,7 +526,7 @@ def _gcl_bwd_dx_kernel(
     pid_m = tl.program_id(0)
     pid_d = tl.program_id(1)
     scale = tl.load(scale_ptr)
-    scale2 = scale * 1.4426950408889634
+    scale2 = scale * _LOG2E
     coef = scale * tl.load(gout_ptr)
     offs_m = tl.arange(0, TILE_M)
     offs_n = tl.arange(0, TILE_N)
@@ -593,7 +594,7 @@ def _gcl_bwd_dy_kernel(
     pid_n = tl.program_id(0)
     pid_d = tl.program_id(1)
     scale = tl.load(scale_ptr)
-    scale2 = scale * 1.4426950408889634
+    scale2 = scale * _LOG2E
     coef = scale * tl.load(gout_ptr)
     offs_m = tl.arange(0, TILE_M)
     offs_n = tl.arange(0, TILE_N)

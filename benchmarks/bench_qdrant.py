@@ -145,6 +145,8 @@ def main(argv=None) -> int:
     ap.add_argument("--local-max", type=int, default=100000, help="skip local mode above this size")
     ap.add_argument("--batch", type=int, default=2048, help="documents per upsert call")
     ap.add_argument("--workdir", default=None, help="where stores are built (default: a temp dir, removed)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="with --workdir: time queries on a store built by an earlier run (ingest not re-measured)")
     ap.add_argument("--out", default=RESULTS)
     a = ap.parse_args(argv)
 
@@ -196,12 +198,19 @@ def main(argv=None) -> int:
                 emit("numpy", {**latency_stats(lat), "recall_at_10": recall(found, truth), "n_queries": a.queries})
 
             if "edge-hnsw" in impls or "edge-exact" in impls:
-                path = os.path.join(work, f"edge_{n}")
-                shutil.rmtree(path, ignore_errors=True)
-                idx = MultiFieldIndex(path, "bench", fields, hnsw_m=a.m, hnsw_ef_construct=a.ef_construct)
-                ing = ingest(idx, docs, a.batch)
+                path = os.path.join(work, f"edge_{n}_m{a.m}_efc{a.ef_construct}_l{a.latent_dim}_s{a.noise}")
+                if a.reuse and a.workdir and os.path.isdir(path):
+                    idx = MultiFieldIndex(path, "bench", fields, hnsw_m=a.m, hnsw_ef_construct=a.ef_construct)
+                    if idx.count() != n:
+                        raise SystemExit(f"--reuse: {path} holds {idx.count()} documents, expected {n}")
+                    ing = {}
+                    print(f"# edge: reusing {path}", flush=True)
+                else:
+                    shutil.rmtree(path, ignore_errors=True)
+                    idx = MultiFieldIndex(path, "bench", fields, hnsw_m=a.m, hnsw_ef_construct=a.ef_construct)
+                    ing = ingest(idx, docs, a.batch)
+                    print(f"# edge ingest: upsert {ing['upsert_s']:.1f}s + build {ing['build_s']:.1f}s", flush=True)
                 common = {**ing, "hnsw_m": a.m, "hnsw_ef_construct": a.ef_construct}
-                print(f"# edge ingest: upsert {ing['upsert_s']:.1f}s + build {ing['build_s']:.1f}s", flush=True)
                 if "edge-hnsw" in impls:
                     for ef in efs:
                         lat, found = time_index(idx, queries, weights, a.queries, ef=ef)

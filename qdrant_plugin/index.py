@@ -19,12 +19,11 @@ with ``index_fields=True``), and come back from ``retrieve(..., with_vectors=Tru
 
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .backends import Backend, backend_kind, open_backend
+from .backends import Backend, open_backend
 from .backends.base import PAYLOAD_INDEX_KINDS
 from .errors import CollectionNotFoundError, SchemaMismatchError
 from .filters import to_filter

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import os
 import re
-import uuid
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, List, Optional
 
 import numpy as np
 
@@ -26,7 +25,7 @@ from .._io import DirLock, atomic_write_json, read_json
 from ..errors import ForeignCollectionError, SchemaMismatchError
 from ..filters import to_edge_filter
 from ..schema import IndexSchema
-from .base import PAYLOAD_INDEX_KINDS, Backend, RawHits, RawRecord
+from .base import Backend, RawHits, RawRecord
 
 SCHEMA_FILE = "gcl_schema.json"
 SHARD_DIR = "shard"

@@ -234,7 +234,8 @@ def ingest(
     n_docs = min(done * batch_size, n_total) if n_total is not None else done * batch_size
     try:
         for batch in source.batches(batch_size, done):
-            index.upsert(batch.ids, batch.vectors, batch.payloads, batch.present)
+            if batch.ids:  # a corpus batch may have no usable document at all
+                index.upsert(batch.ids, batch.vectors, batch.payloads, batch.present)
             written += 1
             n_docs += len(batch.ids)
             bar.update(len(batch.ids))

@@ -155,3 +155,37 @@ def test_errors_are_reported_not_raised(tmp_path, capsys, argv, message):
     assert main(argv[:1] + ["--store", store, "--quiet"] + argv[1:]) == 1
     err = capsys.readouterr().err
     assert message in err and err.startswith(f"gcl-qdrant {argv[0]}: error:")
+
+
+class _CountingEncoder:
+    """Stands in for gcl_train.models.Encoder: a fixed vector per call, counting values."""
+
+    dim = 4
+
+    def __init__(self):
+        self.values = 0
+
+    def __call__(self, values, kind):
+        self.values += len(values)
+        return np.tile(np.array([1.0, 2.0, 3.0, 4.0] if kind == "txt" else [4.0, 3.0, 2.0, 1.0], np.float32),
+                       (len(values), 1))
+
+
+def test_corpus_source_skips_done_batches_without_encoding(world):
+    from qdrant_plugin.cli import CorpusSource
+
+    _, data, ck = world
+    usable = _usable_corpus(data)
+    enc = _CountingEncoder()
+    full = list(CorpusSource(data, "1", enc, ck).batches(16, skip=0))
+    assert sum(len(b.ids) for b in full) == len(usable)
+    assert {i for b in full for i in b.ids} == set(usable)
+    encoded_all = enc.values
+    enc2 = _CountingEncoder()
+    tail = list(CorpusSource(data, "1", enc2, ck).batches(16, skip=2))
+    assert [b.ids for b in tail] == [b.ids for b in full[2:]]
+    assert 0 < enc2.values < encoded_all  # the skipped batches were never encoded
+    for b in full:  # present masks follow the data: a missing title is a missing field
+        for k, pid in enumerate(b.ids):
+            doc, has_title, has_image = usable[pid]
+            assert (b.present["title"][k], b.present["image"][k]) == (has_title, has_image)

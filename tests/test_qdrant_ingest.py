@@ -158,3 +158,21 @@ def test_bad_sources():
     with pytest.raises(ValueError, match="batch_size: expected an int >= 1"):
         ingest(idx, ArraySource(["a"], {"title": np.ones((1, 16)), "image": np.ones((1, 16))}), batch_size=0)
     idx.close()
+
+
+def test_an_empty_batch_is_counted_not_sent():
+    from qdrant_plugin.ingest import Batch, BatchSource
+
+    class Gappy(BatchSource):
+        n = None
+        fingerprint = {"kind": "test"}
+
+        def batches(self, batch_size, skip):
+            for b in range(skip, 3):
+                ids = [] if b == 1 else [f"g{b}"]
+                yield Batch(ids, {f: np.ones((len(ids), 16)) for f in FIELDS})
+
+    idx = MultiFieldIndex(":memory:", "c", FIELDS)
+    rep = ingest(idx, Gappy(), batch_size=1, progress=False)
+    assert rep.written_batches == 3 and idx.count() == 2
+    idx.close()

@@ -91,7 +91,14 @@ class GCLLoss(nn.Module):
         self.impl = impl
         self.max_logit_scale = None if max_logit_scale is None else float(max_logit_scale)
         if field_weights is not None:
-            field_weights = torch.as_tensor(field_weights, dtype=torch.float32)
+            try:
+                field_weights = torch.as_tensor(field_weights, dtype=torch.float32)
+            except (TypeError, ValueError, RuntimeError) as e:
+                raise ValueError(f"field_weights: expected an [F_L, F_R] array of numbers, got {field_weights!r}") from e
+            if field_weights.dim() != 2 or not bool(torch.isfinite(field_weights).all()) \
+                    or bool((field_weights < 0).any()) or not bool((field_weights > 0).any()):
+                raise ValueError("field_weights: expected an [F_L, F_R] array of finite non-negative numbers, "
+                                 f"not all zero; got {field_weights.tolist()}")
             self.register_buffer("field_weights", field_weights)
         else:
             self.field_weights = None

@@ -453,7 +453,7 @@ def test_gcl_loss_module_clamp_buffer_and_state(gen):
     want = gcl_loss(x, y, 20.0, field_weights=torch.tensor([[1.0, 3.0]]), impl="reference")
     assert float(loss) == pytest.approx(float(want), rel=1e-5)
 
-    fresh = GCLLoss(learn_logit_scale=False, field_weights=[[0.0, 0.0]])
+    fresh = GCLLoss(learn_logit_scale=False, field_weights=[[1.0, 1.0]])
     fresh.load_state_dict(frozen.state_dict())
     assert float(fresh.scale()) == pytest.approx(20.0, rel=1e-6)
     assert fresh.field_weights.tolist() == [[1.0, 3.0]]
@@ -481,6 +481,9 @@ def test_gcl_loss_module_matches_functional_with_fields(gen):
     (dict(init_logit_scale=0.0), r"init_logit_scale: expected a finite number > 0"),
     (dict(init_logit_scale=200.0), r"init_logit_scale: 200.0 exceeds max_logit_scale=100"),
     (dict(max_logit_scale=float("inf")), r"max_logit_scale: expected a finite number > 0 or None"),
+    (dict(field_weights=[1.0, 2.0]), r"field_weights: expected an \[F_L, F_R\] array"),
+    (dict(field_weights=[[0.0, -1.0]]), r"field_weights: expected an \[F_L, F_R\] array of finite non-negative"),
+    (dict(field_weights="x"), r"field_weights: expected an \[F_L, F_R\] array of numbers"),
 ])
 def test_gcl_loss_module_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

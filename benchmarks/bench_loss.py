@@ -24,18 +24,20 @@ configurations and asks each worker in turn, so the implementations of one confi
 are measured minutes apart at most (paired under the same machine load). Per configuration
 a worker builds the inputs, runs one untimed full step (warm-up; compiles), then:
 
-- extra peak memory, per mode. CPU: the worker runs with a fixed glibc mmap threshold
-  (MALLOC_MMAP_THRESHOLD_=131072) so every large tensor is mmapped and unmapped and the
-  resident set follows live memory; before the measured call it resets the peak RSS
-  (`echo 5 > /proc/self/clear_refs`), reads VmRSS, runs the mode once, and reports
-  VmHWM - VmRSS(before). It includes everything the step allocates: saved activations,
-  scratch, and for backward / full the gradients of lhs, rhs (2 x B x D values) and the
-  scale. CUDA: torch.cuda.max_memory_allocated after reset_peak_memory_stats, minus
-  memory_allocated before.
-- time, per mode: `--repeats` runs (at least 3 unless --repeats is lower; fewer when a
-  mode passes --max-seconds), median with min and max; wall clock (CPU: perf_counter;
-  CUDA: events after synchronize) and, on CPU, process CPU time. forward = the loss call;
-  backward = loss.backward() after an untimed forward; full = forward + backward.
+- extra peak memory, from one step. CPU: the worker runs with a fixed glibc mmap
+  threshold (MALLOC_MMAP_THRESHOLD_=131072) so every large tensor is mmapped and unmapped
+  and the resident set follows live memory; the peak RSS is reset
+  (`echo 5 > /proc/self/clear_refs`) before the forward and again before the backward.
+  forward = VmHWM during the forward - VmRSS before it; backward = VmHWM during the
+  backward - VmRSS after the forward; full = the larger peak - VmRSS before the step. It
+  includes everything the step allocates: saved activations, scratch, and in the
+  backward the gradients of lhs, rhs (2 x B x D values) and the scale. CUDA: the same
+  with torch.cuda.max_memory_allocated / reset_peak_memory_stats / memory_allocated.
+- time: `--repeats` steps (at least 3 unless --repeats is lower; fewer when the steps
+  pass --max-seconds), each timed in two halves: forward = the loss call, backward =
+  loss.backward(), full = both; median with min and max. Wall clock (CPU: perf_counter;
+  CUDA: events) and, on CPU, process CPU time (about threads x wall when the process
+  has the cores to itself, so cpu < threads x wall shows other load).
 
 Reported ratios use the same configuration and mode: x_naive = naive time / impl time,
 x_floor = impl time / floor time, mem_vs_naive = impl extra peak / naive extra peak.
@@ -44,7 +46,7 @@ backward and full) and the fraction of the bf16 matmul rate measured in the same
 (torch.matmul 8192^3 in bfloat16). loss_rel_diff compares each loss with the reference
 (or chunked) loss of the same inputs.
 
-    python benchmarks/bench_loss.py --quick                       # smoke run, ~1 min
+    python benchmarks/bench_loss.py --quick                       # smoke run, under 1 min
     python benchmarks/bench_loss.py                               # default grid, ~30-40 min on 2 cores
     python benchmarks/bench_loss.py --sizes 16384 --dims 512 --fields 1 --impls naive,chunked,floor
     python benchmarks/bench_loss.py --device cuda --dtype bfloat16 --impls naive,chunked,triton,inf_cl,floor
@@ -256,8 +258,8 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-class _Meter:
-    """Extra peak memory of one call (see the module docstring for the method)."""
+class _Probe:
+    """Memory and clock readings around the two halves of one step."""
 
     def __init__(self, device: str):
         import torch
@@ -265,107 +267,96 @@ class _Meter:
         self.torch = torch
         self.cuda = device == "cuda"
 
-    def __enter__(self):
-        gc.collect()
+    def reset_peak(self) -> int:
+        """Start a new peak window; returns the memory in use now (bytes)."""
         if self.cuda:
             self.torch.cuda.synchronize()
             self.torch.cuda.reset_peak_memory_stats()
-            self.base = self.torch.cuda.memory_allocated()
-        else:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            self.base = _status_kb("VmRSS") * 1024
-        return self
+            return self.torch.cuda.memory_allocated()
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current VmRSS
+        return _status_kb("VmRSS") * 1024
 
-    def __exit__(self, *exc):
+    def peak(self) -> int:
         if self.cuda:
             self.torch.cuda.synchronize()
-            self.extra = self.torch.cuda.max_memory_allocated() - self.base
-        else:
-            self.extra = _status_kb("VmHWM") * 1024 - self.base
+            return self.torch.cuda.max_memory_allocated()
+        return _status_kb("VmHWM") * 1024
 
+    def mark(self):
+        if self.cuda:
+            e = self.torch.cuda.Event(enable_timing=True)
+            e.record()
+            return e
+        return time.perf_counter(), time.process_time()
 
-def _timer(device: str):
-    import torch
-
-    if device == "cuda":
-        def run(fn):
-            torch.cuda.synchronize()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            return start.elapsed_time(end) / 1e3, float("nan")
-    else:
-        def run(fn):
-            c0, t0 = time.process_time(), time.perf_counter()
-            fn()
-            return time.perf_counter() - t0, time.process_time() - c0
-    return run
+    def elapsed(self, a, b):
+        """(wall seconds, CPU seconds or nan) between two marks."""
+        if self.cuda:
+            b.synchronize()
+            return a.elapsed_time(b) / 1e3, float("nan")
+        return b[0] - a[0], b[1] - a[1]
 
 
 def _measure_config(impl: Impl, fwd, cfg: dict, device: str, dtype: str) -> dict:
+    """Warm-up step, one memory step, then `repeats` timed steps, each split into its
+    forward and backward halves (full = the whole step)."""
     import torch
 
     t = make_inputs(cfg, device, dtype)
     backward = getattr(fwd, "backward", None) or (lambda st: st.backward())
+    probe = _Probe(device)
 
     def clear_grads():
         for k in ("x", "y", "scale"):
             t[k].grad = None
 
-    def full():
-        clear_grads()
-        backward(fwd(t))
-
     # warm-up: compiles, touches every code path, records the loss value
-    clear_grads()
     state = fwd(t)
     loss = float(state.detach()) if isinstance(state, torch.Tensor) else None
     backward(state)
     del state
     clear_grads()
 
-    out = {"loss": loss, "modes": {}}
-    for mode in cfg["modes"]:
-        if mode == "forward":
-            with _Meter(device) as m:
-                st = fwd(t)
-            del st
-        elif mode == "backward":
-            st = fwd(t)
-            clear_grads()
-            with _Meter(device) as m:
-                backward(st)
-            del st
-        else:
-            with _Meter(device) as m:
-                full()
-        clear_grads()
-        extra = m.extra
+    # memory: peak of the forward over the memory before it, peak of the backward over
+    # the memory after the forward, and the larger of the two over the memory before
+    gc.collect()
+    base = probe.reset_peak()
+    state = fwd(t)
+    peak_f = probe.peak()
+    mid = probe.reset_peak()
+    backward(state)
+    peak_b = probe.peak()
+    del state
+    clear_grads()
+    extra = {"forward": peak_f - base, "backward": peak_b - mid, "full": max(peak_f, peak_b) - base}
 
-        timer = _timer(device)
-        walls, cpus, spent = [], [], 0.0
-        while len(walls) < cfg["repeats"]:
-            if mode == "forward":
-                w_, c_ = timer(lambda: fwd(t))
-            elif mode == "backward":
-                st = fwd(t)  # untimed; a fresh graph each time (compiled graphs allow one backward)
-                clear_grads()
-                w_, c_ = timer(lambda: backward(st))
-                del st
-            else:
-                w_, c_ = timer(full)
-            walls.append(w_)
-            cpus.append(c_)
-            spent += w_
-            if spent > cfg["max_seconds"] and len(walls) >= min(3, cfg["repeats"]):
-                break
+    times = {m: ([], []) for m in MODES}
+    spent = 0.0
+    while len(times["full"][0]) < cfg["repeats"]:
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        m0 = probe.mark()
+        state = fwd(t)
+        m1 = probe.mark()
+        backward(state)
+        m2 = probe.mark()
+        del state
         clear_grads()
-        out["modes"][mode] = dict(
-            repeats=len(walls), median=statistics.median(walls), min=min(walls), max=max(walls),
-            cpu_median=statistics.median(cpus), extra=extra)
+        for mode, (a, b) in (("forward", (m0, m1)), ("backward", (m1, m2)), ("full", (m0, m2))):
+            wall, cpu = probe.elapsed(a, b)
+            times[mode][0].append(wall)
+            times[mode][1].append(cpu)
+        spent += times["full"][0][-1]
+        if spent > cfg["max_seconds"] and len(times["full"][0]) >= min(3, cfg["repeats"]):
+            break
+
+    out = {"loss": loss, "modes": {}}
+    for mode in MODES:
+        walls, cpus = times[mode]
+        out["modes"][mode] = dict(repeats=len(walls), median=statistics.median(walls), min=min(walls),
+                                  max=max(walls), cpu_median=statistics.median(cpus), extra=extra[mode])
     del t
     gc.collect()
     return out

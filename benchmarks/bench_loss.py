@@ -47,9 +47,14 @@ backward and full) and the fraction of the bf16 matmul rate measured in the same
 (or chunked) loss of the same inputs.
 
     python benchmarks/bench_loss.py --quick                       # smoke run, under 1 min
-    python benchmarks/bench_loss.py                               # default grid, ~30-40 min on 2 cores
+    python benchmarks/bench_loss.py                               # default grid (40 min here, see below)
     python benchmarks/bench_loss.py --sizes 16384 --dims 512 --fields 1 --impls naive,chunked,floor
     python benchmarks/bench_loss.py --device cuda --dtype bfloat16 --impls naive,chunked,triton,inf_cl,floor
+
+The default grid is B in {1024, 4096, 8192, 16384} x D in {256, 512} x F in {1, 2x2}
+minus the B = 16384, F = 2x2 corner (--max-logits; the naive loss would need ~20 GiB
+there), with naive, compiled, reference, chunked and floor: it took 39m52s on the 2-core
+machine it was written on, with other jobs keeping the load average at 3 to 4.
 
 Prints a table and appends one CSV row per (configuration, implementation, mode) to
 benchmarks/results/bench_loss.csv (bench_loss_quick.csv for --quick) with the machine,

@@ -29,6 +29,14 @@ class RawRecord:
     payload: Dict[str, Any]
     vectors: Optional[Dict[str, np.ndarray]]
 
+    @classmethod
+    def from_point(cls, point, with_vectors: bool) -> "RawRecord":
+        """From a retrieved point of either engine (both have .id, .payload, .vector)."""
+        vecs = None
+        if with_vectors:
+            vecs = {k: np.asarray(v, dtype=np.float32) for k, v in (point.vector or {}).items()}
+        return cls(str(point.id), dict(point.payload or {}), vecs)
+
 
 class Backend(abc.ABC):
     """One collection in one store. Methods raise clear errors; none drops data."""

@@ -196,13 +196,7 @@ class EdgeBackend(Backend):
 
     def retrieve(self, point_ids, with_vectors) -> List[RawRecord]:
         recs = self.shard.retrieve(list(point_ids), with_payload=True, with_vector=bool(with_vectors))
-        out = []
-        for r in recs:
-            vecs = None
-            if with_vectors:
-                vecs = {k: np.asarray(v, dtype=np.float32) for k, v in (r.vector or {}).items()}
-            out.append(RawRecord(str(r.id), dict(r.payload or {}), vecs))
-        return out
+        return [RawRecord.from_point(r, with_vectors) for r in recs]
 
     def create_payload_index(self, key, kind) -> None:
         qe = _qe()

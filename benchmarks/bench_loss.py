@@ -12,6 +12,7 @@ Implementations, named in one place (IMPLS):
     floor_blocked  the same ops on the row blocks `chunked` uses (diagnostic: the cost of
                    the block shapes alone)
     triton         gcl_loss(impl="triton")                    (--device cuda only)
+    triton_fused   the same with GCL_TRITON_BACKWARD=fused (one backward kernel, atomics)
     inf_cl         Inf-CL `cal_inf_loss`, once per direction, unweighted, F = 1
                    (--device cuda only; skipped with a note when `inf_cl` does not import)
 
@@ -143,8 +144,10 @@ class Impl:
     note: str = ""
 
 
-def _build_gcl(impl_name):
+def _build_gcl(impl_name, env=None):
     def build(device):
+        # each implementation has its own worker process, so its settings stay its own
+        os.environ.update(env or {})
         from gcl_kernels import gcl_loss
 
         return lambda t: gcl_loss(t["x"], t["y"], t["scale"], t["w"], t["fw"], impl=impl_name)
@@ -166,8 +169,10 @@ def _build_inf_cl(device):
     from inf_cl import cal_inf_loss  # raises ImportError -> reported as skipped
 
     def fwd(t):
+        # the scale goes into the inputs: cal_inf_loss(scale=...) gathers the scale's
+        # gradient with torch.distributed, which fails without a process group
         x, y, s = t["x"][0], t["y"][0], t["scale"]
-        return 0.5 * (cal_inf_loss(x, y, scale=s) + cal_inf_loss(y, x, scale=s))
+        return 0.5 * (cal_inf_loss(s * x, y) + cal_inf_loss(s * y, x))
     return fwd
 
 
@@ -249,10 +254,12 @@ IMPLS: Dict[str, Impl] = {
     "floor": Impl(_floor_ops(blocked=False), ("cpu", "cuda"), materialises=1.0),
     "floor_blocked": Impl(_floor_ops(blocked=True), ("cpu", "cuda")),
     "triton": Impl(_build_gcl("triton"), ("cuda",)),
+    "triton_fused": Impl(_build_gcl("triton", {"GCL_TRITON_BACKWARD": "fused"}), ("cuda",),
+                         note="fused backward"),
     "inf_cl": Impl(_build_inf_cl, ("cuda",), fields_one_only=True, note="unweighted CE"),
 }
 DEFAULT_IMPLS = {"cpu": ["naive", "compiled", "reference", "chunked", "floor"],
-                 "cuda": ["naive", "compiled", "chunked", "triton", "inf_cl", "floor"]}
+                 "cuda": ["naive", "compiled", "chunked", "triton", "triton_fused", "inf_cl", "floor"]}
 
 
 def _status_kb(field: str) -> int:

@@ -25,7 +25,7 @@
 #
 # Environment knobs (defaults = the grid):
 #   RUN_ID  (gpu-<date>)   SIZES (8192,16384,32768,65536)   DIMS (512,768,1024)
-#   FIELDS (1,2x2)   IMPLS (naive,compiled,chunked,triton,inf_cl,floor)   REPEATS (5)
+#   FIELDS (1,2x2)   IMPLS (naive,compiled,chunked,triton,triton_fused,inf_cl,floor)   REPEATS (5)
 #   PYTHON (python3)   GCL_TRITON_AUTOTUNE (1)   OUT (set by the device tool: results are
 #   copied there too)
 # One device call may run at most 10 minutes: split the grid over several calls with one
@@ -39,7 +39,7 @@ RUN_ID="${RUN_ID:-gpu-$(date +%Y%m%d-%H%M%S)}"
 SIZES="${SIZES:-8192,16384,32768,65536}"
 DIMS="${DIMS:-512,768,1024}"
 FIELDS="${FIELDS:-1,2x2}"
-IMPLS="${IMPLS:-naive,compiled,chunked,triton,inf_cl,floor}"
+IMPLS="${IMPLS:-naive,compiled,chunked,triton,triton_fused,inf_cl,floor}"
 REPEATS="${REPEATS:-5}"
 RES="$ROOT/benchmarks/results/gpu_suite"
 mkdir -p "$RES"
@@ -136,16 +136,19 @@ y = torch.nn.functional.normalize(torch.randn(b, d, device="cuda", generator=g),
 x = x.bfloat16().requires_grad_()
 y = y.bfloat16().requires_grad_()
 s = torch.tensor(1 / 0.07, device="cuda", requires_grad=True)
-for _ in range(2):  # autotune and warm up
-    gcl_loss(x, y, s, impl="triton").backward()
-torch.cuda.synchronize()
-with profile(activities=[ProfilerActivity.CUDA]) as prof:
-    for _ in range(5):
+import os
+for mode in ("split", "fused"):
+    os.environ["GCL_TRITON_BACKWARD"] = mode  # read at every call
+    for _ in range(2):  # autotune and warm up
         gcl_loss(x, y, s, impl="triton").backward()
     torch.cuda.synchronize()
-print(f"B={b} D={d} F=1 bf16, 5 forward+backward steps")
-print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12))
-for name in ("_fwd_stats_tuned", "_bwd_dx_tuned", "_bwd_dy_tuned"):
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            gcl_loss(x, y, s, impl="triton").backward()
+        torch.cuda.synchronize()
+    print(f"B={b} D={d} F=1 bf16, backward {mode}, 5 forward+backward steps")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12))
+for name in ("_fwd_stats_tuned", "_bwd_dx_tuned", "_bwd_dy_tuned", "_bwd_fused_tuned"):
     for key, cfg in getattr(tg, name).cache.items():
         print(name, "key", key[:5], "->", cfg)
 EOF
@@ -183,7 +186,7 @@ full = defaultdict(dict)  # (B, D, F) -> impl -> row
 for r in rows:
     if r["mode"] == "full":
         full[(int(r["B"]), int(r["D"]), r["F"])][r["impl"]] = r
-impls = [i for i in ("naive", "compiled", "chunked", "inf_cl", "floor", "triton")
+impls = [i for i in ("naive", "compiled", "chunked", "inf_cl", "floor", "triton", "triton_fused")
          if any(i in v for v in full.values())]
 first = rows[0]
 out = [f"# GPU suite {run_id}", "",
@@ -192,8 +195,9 @@ out = [f"# GPU suite {run_id}", "",
        "Forward + backward (mode full), bf16, median ms (extra peak MiB); triton also TFLOP/s "
        "(8 * B * B_R * D per field pair) and the fraction of the bf16 matmul rate measured "
        "in the same run.", "",
-       "| B | D | F | " + " | ".join(impls) + " | triton TFLOP/s | of matmul | x naive | x inf_cl |",
-       "|" + "---|" * (3 + len(impls) + 4)]
+       "| B | D | F | " + " | ".join(impls) + " | triton TFLOP/s | of matmul | x naive | x inf_cl "
+       "| fused x split |",
+       "|" + "---|" * (3 + len(impls) + 5)]
 for key in sorted(full):
     cells = []
     for i in impls:
@@ -212,27 +216,32 @@ for key in sorted(full):
         return f"{om / tt:.2f}" if tt and om else ""
     cells += [f"{num(t['tflops']):.0f}" if tt else "", f"{num(t['frac_bf16_matmul']):.2f}" if tt else "",
               ratio("naive"), ratio("inf_cl")]
+    f = full[key].get("triton_fused", {})
+    fm = num(f.get("median_ms")) if f.get("status", "").startswith("ok") else None
+    cells.append(f"{tt / fm:.2f}" if tt and fm else "")
     out.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(cells) + " |")
 
 out += ["", "## Targets (H100)", ""]
 def ok_row(key, impl):
     r = full.get(key, {}).get(impl)
     return r if r is not None and r["status"].startswith("ok") else None
-fr = [(k, num(ok_row(k, "triton")["frac_bf16_matmul"])) for k in full
-      if k[0] >= 16384 and k[1] >= 512 and ok_row(k, "triton")]
-if fr:
-    worst = min(fr, key=lambda kv: kv[1])
-    out.append(f"- forward + backward >= 60% of the bf16 matmul rate for B >= 16k, D >= 512: "
-               f"worst {worst[1]:.2f} at B={worst[0][0]}, D={worst[0][1]}, F={worst[0][2]} -> "
-               f"{'met' if worst[1] >= 0.6 else 'NOT met'}")
+for mode in ("triton", "triton_fused"):
+    fr = [(k, num(ok_row(k, mode)["frac_bf16_matmul"])) for k in full
+          if k[0] >= 16384 and k[1] >= 512 and ok_row(k, mode)]
+    if fr:
+        worst = min(fr, key=lambda kv: kv[1])
+        out.append(f"- {mode}: forward + backward >= 60% of the bf16 matmul rate for B >= 16k, D >= 512: "
+                   f"worst {worst[1]:.2f} at B={worst[0][0]}, D={worst[0][1]}, F={worst[0][2]} -> "
+                   f"{'met' if worst[1] >= 0.6 else 'NOT met'}")
 key = (32768, 768, "1x1")
-t, n, c = ok_row(key, "triton"), ok_row(key, "naive"), ok_row(key, "inf_cl")
-if t and n:
-    x = num(n["median_ms"]) / num(t["median_ms"])
-    out.append(f"- >= 3x faster than naive at B=32k, D=768: {x:.2f}x -> {'met' if x >= 3 else 'NOT met'}")
-if t and c:
-    x = num(c["median_ms"]) / num(t["median_ms"])
-    out.append(f"- >= 2x faster than Inf-CL at B=32k, D=768: {x:.2f}x -> {'met' if x >= 2 else 'NOT met'}")
+for mode in ("triton", "triton_fused"):
+    t, n, c = ok_row(key, mode), ok_row(key, "naive"), ok_row(key, "inf_cl")
+    if t and n:
+        x = num(n["median_ms"]) / num(t["median_ms"])
+        out.append(f"- {mode}: >= 3x faster than naive at B=32k, D=768: {x:.2f}x -> {'met' if x >= 3 else 'NOT met'}")
+    if t and c:
+        x = num(c["median_ms"]) / num(t["median_ms"])
+        out.append(f"- {mode}: >= 2x faster than Inf-CL at B=32k, D=768: {x:.2f}x -> {'met' if x >= 2 else 'NOT met'}")
 for key in sorted(k for k in full if k[0] == 65536 and k[2] == "1x1"):
     t, n = ok_row(key, "triton"), ok_row(key, "naive")
     if not t:

@@ -226,6 +226,42 @@ def test_partial_gradients_and_determinism():
         assert torch.equal(a, b)
 
 
+# --- the opt-in fused backward (GCL_TRITON_BACKWARD=fused): same oracle, same tolerance ---
+@pytest.mark.parametrize("fields, groups, direction, normalize", [
+    ((1, 1), None, "both", "batch"),
+    ((2, 3), "both", "both", "batch"),
+    ((3, 2), "lhs", "lhs_to_rhs", "weights"),
+    ((1, 2), "rhs", "rhs_to_lhs", "batch"),
+])
+def test_fused_backward(monkeypatch, fields, groups, direction, normalize):
+    monkeypatch.setenv("GCL_TRITON_BACKWARD", "fused")
+    # B and B_R ragged against the tiles, B_R > B, D spanning three ragged D_OUT chunks
+    case = _make_case(29, 37, 40, *fields, groups=groups, seed=21)
+    _check(case, direction=direction, normalize=normalize)
+
+
+def test_fused_backward_partial_gradients(monkeypatch):
+    # one of x, y needing a gradient falls back to that side's split kernel; both agree
+    case = _make_case(23, 30, 24, 2, 2, groups="rhs", seed=9)
+    monkeypatch.setenv("GCL_TRITON_BACKWARD", "fused")
+    fused = _run(case, tg.triton_gcl_loss, torch.float32, DEVICE)
+    only_x = _run(case, tg.triton_gcl_loss, torch.float32, DEVICE, grads=(True, False, True))
+    monkeypatch.setenv("GCL_TRITON_BACKWARD", "split")
+    split = _run(case, tg.triton_gcl_loss, torch.float32, DEVICE)
+    assert torch.equal(fused[0], split[0])  # the same forward
+    # dx and d logit_scale: the same row sweep in both modes (tiles may differ on a GPU)
+    for a, b in ((fused[1], split[1]), (fused[3], split[3]), (only_x[1], split[1]),
+                 (fused[2], split[2])):
+        assert _rel(a, b) < 1e-6
+    assert only_x[2] is None
+
+
+def test_rejects_bad_backward_mode(monkeypatch):
+    monkeypatch.setenv("GCL_TRITON_BACKWARD", "atomic")
+    with pytest.raises(ValueError, match="GCL_TRITON_BACKWARD"):
+        tg.triton_gcl_loss(_inputs())
+
+
 def test_public_entry_point():
     case = _make_case(18, 18, 12, seed=10)
     x = case["x"][0].to(DEVICE).requires_grad_()
@@ -243,8 +279,10 @@ def test_public_entry_point():
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="the interpreter's half-precision path only")
+@pytest.mark.parametrize("backward", ["split", "fused"])
 @pytest.mark.parametrize("dtype, tol", [(torch.bfloat16, 1e-2), (torch.float16, 2e-3)])
-def test_half_inputs_interpreted(dtype, tol):
+def test_half_inputs_interpreted(monkeypatch, dtype, tol, backward):
+    monkeypatch.setenv("GCL_TRITON_BACKWARD", backward)
     # same rounded inputs for both sides; the error left is the gradient's rounding to dtype
     case = _make_case(19, 22, 24, 1, 2, groups="lhs", seed=11)
     case["x"] = case["x"].to(dtype).float()
@@ -294,7 +332,7 @@ def tiles(cfg, fl):
     return c
 
 out = {}
-for dt, (f_l, f_r), kinds in (("bf16", (2, 3), "fwd merge dx dy"), ("fp32", (1, 1), "dx")):
+for dt, (f_l, f_r), kinds in (("bf16", (2, 3), "fwd merge dx dy fused"), ("fp32", (1, 1), "dx")):
     fl = flags(f_l, f_r, dt)
     scal = {n: "i32" for n in ("B", "B_R", "N_COLS", "D", "stride_xf", "stride_yf")}
     if "fwd" in kinds:
@@ -320,10 +358,21 @@ for dt, (f_l, f_r), kinds in (("bf16", (2, 3), "fwd merge dx dy"), ("fp32", (1, 
         sig = {"x_ptr": P[dt], "y_ptr": P[dt], "scale_ptr": "*fp32", "gout_ptr": "*fp32",
                "lg_ptr": "*i64", "rg_ptr": "*i64", "rbias_ptr": "*fp32", "cbias_ptr": "*fp32",
                "dcoef_ptr": "*fp32"}
-        sig.update({"dx_ptr": P[dt], "dsrow_ptr": "*fp32"} if kind == "dx" else {"dy_ptr": P[dt]})
+        sig.update({"dx_ptr": P[dt], "dsrow_ptr": "*fp32", "dyacc_ptr": "*fp32"} if kind == "dx"
+                   else {"dy_ptr": P[dt]})
         sig.update(scal)
-        out[f"{kind} {dt}"] = build(fn, sig, {**fl, **tiles(cfgs[0], fl)},
+        extra = {"FUSE_DY": False} if kind == "dx" else {}
+        out[f"{kind} {dt}"] = build(fn, sig, {**fl, **extra, **tiles(cfgs[0], fl)},
                                     cfgs[0].num_warps, cfgs[0].num_stages)
+    if "fused" in kinds:
+        cfg = tg._FUSED_CONFIGS[0]
+        sig = {"x_ptr": P[dt], "y_ptr": P[dt], "scale_ptr": "*fp32", "gout_ptr": "*fp32",
+               "lg_ptr": "*i64", "rg_ptr": "*i64", "rbias_ptr": "*fp32", "cbias_ptr": "*fp32",
+               "dcoef_ptr": "*fp32", "dx_ptr": P[dt], "dsrow_ptr": "*fp32", "dyacc_ptr": "*fp32",
+               **scal}
+        out[f"fused {dt}"] = build(tg._gcl_bwd_dx_kernel, sig,
+                                   {**fl, "FUSE_DY": True, **tiles(cfg, fl)},
+                                   cfg.num_warps, cfg.num_stages)
 print("RESULT " + json.dumps(out))
 """
 
@@ -342,9 +391,9 @@ def test_kernels_build_for_sm90():
     import json
 
     res = json.loads(lines[-1][len("RESULT "):])
-    assert set(res) == {"fwd bf16", "merge bf16", "dx bf16", "dy bf16", "dx fp32"}
-    # the tile products of the three hot kernels run on Hopper's warpgroup tensor cores
-    for name in ("fwd bf16", "dx bf16", "dy bf16"):
+    assert set(res) == {"fwd bf16", "merge bf16", "dx bf16", "dy bf16", "fused bf16", "dx fp32"}
+    # the tile products of the hot kernels run on Hopper's warpgroup tensor cores
+    for name in ("fwd bf16", "dx bf16", "dy bf16", "fused bf16"):
         assert res[name]["hgmma"] > 0, (name, res[name])
     print(res)
 
@@ -432,6 +481,15 @@ def test_gpu_large(dtype, fields, groups):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gpu_fused_backward_large(monkeypatch, dtype):
+    monkeypatch.setenv("GCL_TRITON_BACKWARD", "fused")
+    case = _make_case(3000, 3500, 768, 2, 2, groups="both", scale=30.0, seed=15)
+    _gpu_check(case, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 @pytest.mark.parametrize("direction", ["lhs_to_rhs", "rhs_to_lhs"])
 def test_gpu_directions_large_d(direction):
     case = _make_case(1100, 1333, 2048, 1, 3, groups="rhs", scale=50.0, seed=13)
@@ -451,10 +509,12 @@ def test_every_gpu_config(monkeypatch, fields):
     case["y"] = case["y"].to(torch.bfloat16).float()
     ref = _run(case, reference_gcl_loss, torch.float64, "cuda")
     tol = GPU_TOLS[torch.bfloat16]
-    tuned = (tg._fwd_stats_tuned, tg._bwd_dx_tuned, tg._bwd_dy_tuned)
-    lists = (tg._FWD_CONFIGS, tg._DX_CONFIGS, tg._DY_CONFIGS)
+    tuned = (tg._fwd_stats_tuned, tg._bwd_dx_tuned, tg._bwd_dy_tuned, tg._bwd_fused_tuned)
+    lists = (tg._FWD_CONFIGS, tg._DX_CONFIGS, tg._DY_CONFIGS, tg._FUSED_CONFIGS)
     try:
         for kernel, configs in zip(tuned, lists):
+            monkeypatch.setenv("GCL_TRITON_BACKWARD",
+                               "fused" if kernel is tg._bwd_fused_tuned else "split")
             for cfg in configs:
                 for other in tuned:
                     other.cache.clear()

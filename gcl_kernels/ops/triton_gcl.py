@@ -21,6 +21,10 @@ Kernels (all accumulate in float32; scores are kept in log2 units, S2 = S * log2
      registers): recompute S tile by tile, form dS, and accumulate dS @ y (resp. dS^T @ x)
      for one chunk of D_OUT output columns; the dx kernel also writes the per-row partial
      of d(logit_scale) = sum dS * S / s.
+  3'. GCL_TRITON_BACKWARD=fused (opt-in): the dx kernel with FUSE_DY also adds dS^T @ x
+     for its D_OUT chunk into a float32 dy buffer by atomics, so each S tile is recomputed
+     once per chunk instead of twice. Fewer flops; costs a float32 [F_R, B_R, D] buffer
+     (16-bit inputs), atomic traffic and a run-to-run varying summation order for dy.
 Memory beyond inputs and gradients: (G + C) * P * B floats of partials (G, C <= 32, 16),
 3 * P * B floats of statistics, one float per row of d(logit_scale) partials; P = F_L * F_R.
 docs/triton_kernel.md gives the reasons (one forward sweep, two backward kernels, no
@@ -514,15 +518,20 @@ def _gcl_bwd_dx_kernel(
     dcoef_ptr,   # [P, B] float32 diagonal coefficient from the forward
     dx_ptr,      # [F_L, B, D] out: d loss / d lhs, input dtype
     dsrow_ptr,   # [F_L, B] float32 out: sum_j dS[i, j] * <x_i, y_j> / g (for d logit_scale)
+    dyacc_ptr,   # [F_R, B_R, D] float32 in/out, zeroed by the launcher (read only if FUSE_DY)
     B, B_R, N_COLS, D, stride_xf, stride_yf,
     F_L: tl.constexpr, F_R: tl.constexpr, F_LP: tl.constexpr, F_RP: tl.constexpr,
     HAS_ROW: tl.constexpr, HAS_COL: tl.constexpr, HAS_LG: tl.constexpr, HAS_RG: tl.constexpr,
-    CAST_F32: tl.constexpr, PRECISION: tl.constexpr,
+    CAST_F32: tl.constexpr, PRECISION: tl.constexpr, FUSE_DY: tl.constexpr,
     TILE_M: tl.constexpr, TILE_N: tl.constexpr, BK: tl.constexpr, D_OUT: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr,  # rows / columns per field: TILE_M // F_LP, TILE_N // F_RP
 ):
     # dx[l, i, d] = s * g * sum_r sum_j dS_lr[i, j] * y[r, j, d]   for d in this D_OUT chunk
     # ds          = g * sum_{l,r,i,j} dS_lr[i, j] * <x[l, i], y[r, j]>  (= sum dS * S / s)
+    # FUSE_DY (the opt-in fused backward): each recomputed dS tile also gives
+    #   dy[r, j, chunk] += s * g * sum_l dS_lr^T @ x[l, :, chunk], added by float32 atomics,
+    # so S is computed once per D_OUT chunk for both gradients instead of once per kernel:
+    # (2 nD + 4) B B_R D backward flops instead of 4 (nD + 1) (docs/triton_kernel.md).
     pid_m = tl.program_id(0)
     pid_d = tl.program_id(1)
     scale = tl.load(scale_ptr)
@@ -542,6 +551,15 @@ def _gcl_bwd_dx_kernel(
     ds_acc = tl.zeros((TILE_M,), dtype=tl.float32)
     row0 = pid_m * BM
     d0 = pid_d * D_OUT
+    if FUSE_DY:
+        # the stationary lhs chunk: the right operand of dS^T @ x for every column tile
+        offs_d = d0 + tl.arange(0, D_OUT)
+        xob = tl.make_block_ptr(x_ptr, (F_L, B, D), (stride_xf, D, 1), (0, row0, d0),
+                                (F_LP, BM, D_OUT), (2, 1, 0))
+        xo = tl.reshape(tl.load(xob, boundary_check=(0, 1, 2), padding_option="zero"),
+                        (TILE_M, D_OUT))
+        if CAST_F32:
+            xo = xo.to(tl.float32)
     for col0 in range(0, N_COLS, BN):
         j_n = col0 + offs_n % BN
         col_ok = (r_n < F_R) & (j_n < N_COLS)
@@ -561,9 +579,16 @@ def _gcl_bwd_dx_kernel(
         yo = tl.reshape(tl.load(yob, boundary_check=(0, 1, 2), padding_option="zero"),
                         (TILE_N, D_OUT))
         if CAST_F32:
-            acc = tl.dot(ds, yo.to(tl.float32), acc, input_precision=PRECISION)
+            yo = yo.to(tl.float32)
         else:
-            acc = tl.dot(ds.to(yo.dtype), yo, acc, input_precision=PRECISION)
+            ds = ds.to(yo.dtype)
+        acc = tl.dot(ds, yo, acc, input_precision=PRECISION)
+        if FUSE_DY:
+            # padding rows are zero in dS and in x, so these are exact column sums
+            dyp = tl.dot(tl.trans(ds), xo, input_precision=PRECISION)
+            offs = (r_n.to(tl.int64) * stride_yf + j_n.to(tl.int64) * D)[:, None] + offs_d[None, :]
+            tl.atomic_add(dyacc_ptr + offs, dyp * coef,
+                          mask=col_ok[:, None] & (offs_d < D)[None, :], sem="relaxed")
     dxb = tl.make_block_ptr(dx_ptr, (F_L, B, D), (stride_xf, D, 1), (0, row0, d0),
                             (F_LP, BM, D_OUT), (2, 1, 0))
     tl.store(dxb, tl.reshape((acc * coef).to(dx_ptr.dtype.element_ty), (F_LP, BM, D_OUT)),
@@ -649,6 +674,13 @@ def _fp32_precision() -> str:
     return value
 
 
+def _backward_mode() -> str:
+    value = os.environ.get("GCL_TRITON_BACKWARD", "split")
+    if value not in _BACKWARDS:
+        raise ValueError(f"GCL_TRITON_BACKWARD: expected one of {_BACKWARDS}, got {value!r}")
+    return value
+
+
 def _autotune_enabled() -> bool:
     return os.environ.get("GCL_TRITON_AUTOTUNE", "1") != "0"
 
@@ -682,6 +714,22 @@ _BWD_SHAPES = [
 ]
 _DX_CONFIGS = [_config(w, st, TILE_M=a, TILE_N=b, BK=k, D_OUT=d) for a, b, k, d, w, st in _BWD_SHAPES]
 _DY_CONFIGS = [_config(w, st, TILE_M=b, TILE_N=a, BK=k, D_OUT=d) for a, b, k, d, w, st in _BWD_SHAPES]
+# The fused backward (GCL_TRITON_BACKWARD=fused) also holds the [TILE_M, D_OUT] lhs chunk and
+# a [TILE_N, D_OUT] float32 dy partial per tile. Never built on a GPU run yet: the list is a
+# starting point for tuning, not a measured choice.
+_FUSED_SHAPES = [
+    # stationary rows, streamed columns, BK, D_OUT, warps, stages
+    # 128 stationary rows first: dy atomics per flop fall as 1 / TILE_M (docs/triton_kernel.md)
+    (128, 64, 64, 128, 8, 2),
+    (128, 128, 64, 128, 8, 2),
+    (64, 64, 64, 256, 8, 2),
+    (64, 128, 64, 128, 8, 2),
+    (64, 64, 64, 128, 4, 2),
+]
+_FUSED_CONFIGS = [_config(w, st, TILE_M=a, TILE_N=b, BK=k, D_OUT=d) for a, b, k, d, w, st in _FUSED_SHAPES]
+# "split": the dx and dy kernels, deterministic, nothing beyond O(B) statistics (default).
+# "fused": one kernel, S recomputed half as often, float32 dy buffer and atomics.
+_BACKWARDS = ("split", "fused")
 # GROUP_ROWS / GROUP_COLS of the forward are multiples of this, hence of every config's BM, BN.
 _GPU_GROUP_ALIGN = 128
 
@@ -724,6 +772,10 @@ if not _INTERPRET:
     _bwd_dy_tuned = triton.autotune(_DY_CONFIGS, key=_TUNE_KEY,
                                     prune_configs_by={"early_config_prune": _prune})(
         _PER_FIELD(_gcl_bwd_dy_kernel))
+    # autotuning runs the kernel once per config: the atomically summed buffer is re-zeroed
+    _bwd_fused_tuned = triton.autotune(_FUSED_CONFIGS, key=_TUNE_KEY, reset_to_zero=["dyacc_ptr"],
+                                       prune_configs_by={"early_config_prune": _prune})(
+        _PER_FIELD(_gcl_bwd_dx_kernel))
 
 
 def _interpret_tiles(f_lp: int, f_rp: int) -> dict:
@@ -773,6 +825,7 @@ def _check_inputs(inp: GCLInputs) -> None:
         )
     if inp.row_weights is None and inp.col_weights is None:
         raise ValueError("row_weights/col_weights: at least one direction must be present")
+    _backward_mode()  # a bad GCL_TRITON_BACKWARD fails here, not after the forward
 
 
 def _flags(inp: GCLInputs) -> dict:
@@ -853,17 +906,32 @@ def _backward(inp: GCLInputs, stats, gout: torch.Tensor, need_dx: bool, need_dy:
     dx = dy = None
     dsrow = torch.empty((f_l, b), dtype=torch.float32, device=dev)
     common = (x, y, scale, g, lg, rg, rbias, cbias, dcoef)
-    if need_dx:
+    if need_dx and need_dy and _backward_mode() == "fused":
         dx = torch.empty_like(x)
-        args = common + (dx, dsrow, b, b_r, n_cols, d, b * d, b_r * d)
+        # float32 inputs are summed in place; 16-bit ones in a float32 buffer, cast once
+        dyacc = torch.zeros(y.shape, dtype=torch.float32, device=dev)
+        args = common + (dx, dsrow, dyacc, b, b_r, n_cols, d, b * d, b_r * d)
         if _INTERPRET:
             t = dict(_interpret_tiles(fl["F_LP"], fl["F_RP"]), D_OUT=_INTERPRET_TILES["D_OUT"])
             grid = (triton.cdiv(b, t["BM"]), triton.cdiv(d, t["D_OUT"]))
-            _gcl_bwd_dx_kernel[grid](*args, **fl, **t)
+            _gcl_bwd_dx_kernel[grid](*args, **fl, **t, FUSE_DY=True)
+        else:
+            f_lp = fl["F_LP"]
+            _bwd_fused_tuned[lambda m: (triton.cdiv(b, m["TILE_M"] // f_lp), triton.cdiv(d, m["D_OUT"]))](
+                *args, **fl, FUSE_DY=True)
+        dy = dyacc if y.dtype == torch.float32 else dyacc.to(y.dtype)
+        return dx, dy, dsrow
+    if need_dx:
+        dx = torch.empty_like(x)
+        args = common + (dx, dsrow, dsrow, b, b_r, n_cols, d, b * d, b_r * d)  # no dy buffer
+        if _INTERPRET:
+            t = dict(_interpret_tiles(fl["F_LP"], fl["F_RP"]), D_OUT=_INTERPRET_TILES["D_OUT"])
+            grid = (triton.cdiv(b, t["BM"]), triton.cdiv(d, t["D_OUT"]))
+            _gcl_bwd_dx_kernel[grid](*args, **fl, **t, FUSE_DY=False)
         else:
             f_lp = fl["F_LP"]
             _bwd_dx_tuned[lambda m: (triton.cdiv(b, m["TILE_M"] // f_lp), triton.cdiv(d, m["D_OUT"]))](
-                *args, **fl)
+                *args, **fl, FUSE_DY=False)
     if need_dy:
         dy = torch.empty_like(y) if n_cols == b_r else torch.zeros_like(y)
         args = common + (dy, b, b_r, n_cols, d, b * d, b_r * d)

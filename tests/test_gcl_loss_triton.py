@@ -298,83 +298,19 @@ def test_half_inputs_interpreted(monkeypatch, dtype, tol, backward):
 # Compiled for Hopper without a GPU: the interpreter cannot catch what only the compiler
 # rejects, so each kernel is built for sm_90 (Triton's bundled ptxas) in a clean process.
 # --------------------------------------------------------------------------------------
-_SM90_BUILD = r"""
-import json, os, re, subprocess, sys, tempfile
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-import gcl_kernels.ops.triton_gcl as tg
+_BUILD_SM90 = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "benchmarks", "build_sm90.py")
 
-BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-P = {"bf16": "*bf16", "fp32": "*fp32"}
 
-def build(fn, sig, consts, warps, stages):
-    for k in consts:
-        sig[k] = "constexpr"
-    k = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32),
-                       options=dict(num_warps=warps, num_stages=stages))
-    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
-        f.write(k.asm["cubin"])
-    res = subprocess.run([BIN, "-res-usage", f.name], capture_output=True, text=True).stdout
-    sass = subprocess.run([BIN, "-sass", f.name], capture_output=True, text=True).stdout
-    os.unlink(f.name)
-    return dict(regs=int(re.search(r"REG:(\d+)", res).group(1)),
-                stack=int(re.search(r"STACK:(\d+)", res).group(1)), hgmma=sass.count("HGMMA"))
+def _build_sm90(*args):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, _BUILD_SM90, "--json", *args], env=env,
+                          capture_output=True, text=True, timeout=600)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-6000:]
+    import json
 
-def flags(f_l, f_r, dt):
-    f_lp, f_rp = triton.next_power_of_2(f_l), triton.next_power_of_2(f_r)
-    return dict(F_L=f_l, F_R=f_r, F_LP=f_lp, F_RP=f_rp, HAS_ROW=True, HAS_COL=True, HAS_LG=True,
-                HAS_RG=True, CAST_F32=False, PRECISION="ieee" if dt == "fp32" else "tf32")
-
-def tiles(cfg, fl):
-    c = dict(cfg.kwargs)
-    c["BM"], c["BN"] = c["TILE_M"] // fl["F_LP"], c["TILE_N"] // fl["F_RP"]
-    return c
-
-out = {}
-for dt, (f_l, f_r), kinds in (("bf16", (2, 3), "fwd merge dx dy fused"), ("fp32", (1, 1), "dx")):
-    fl = flags(f_l, f_r, dt)
-    scal = {n: "i32" for n in ("B", "B_R", "N_COLS", "D", "stride_xf", "stride_yf")}
-    if "fwd" in kinds:
-        cfg = tg._FWD_CONFIGS[0]
-        sig = {"x_ptr": P[dt], "y_ptr": P[dt], "scale_ptr": "*fp32", "lg_ptr": "*i64", "rg_ptr": "*i64",
-               "rowpart_ptr": "*fp32", "colpart_ptr": "*fp32", **scal, "G": "i32",
-               "GROUP_ROWS": "i32", "GROUP_COLS": "i32"}
-        out[f"fwd {dt}"] = build(tg._gcl_fwd_stats_kernel, sig, {**fl, **tiles(cfg, fl)},
-                                 cfg.num_warps, cfg.num_stages)
-    if "merge" in kinds:
-        pp = fl["F_LP"] * fl["F_RP"]
-        sig = {n: "*fp32" for n in ("x_ptr", "y_ptr", "scale_ptr", "rowpart_ptr", "colpart_ptr",
-                                     "rw_ptr", "cw_ptr", "a_ptr", "rbias_ptr", "cbias_ptr",
-                                     "dcoef_ptr", "loss_ptr")}
-        sig.update(x_ptr=P[dt], y_ptr=P[dt], B="i32", B_R="i32", D="i32", G="i32", C="i32")
-        consts = {k: fl[k] for k in ("F_L", "F_R", "F_LP", "F_RP", "HAS_ROW", "HAS_COL")}
-        consts.update(PP=pp, BLOCK=32, BK=max(16, min(256, 8192 // (pp * 32))))
-        out[f"merge {dt}"] = build(tg._gcl_fwd_merge_kernel, sig, consts, 4, 1)
-    for kind, fn, cfgs in (("dx", tg._gcl_bwd_dx_kernel, tg._DX_CONFIGS),
-                           ("dy", tg._gcl_bwd_dy_kernel, tg._DY_CONFIGS)):
-        if kind not in kinds:
-            continue
-        sig = {"x_ptr": P[dt], "y_ptr": P[dt], "scale_ptr": "*fp32", "gout_ptr": "*fp32",
-               "lg_ptr": "*i64", "rg_ptr": "*i64", "rbias_ptr": "*fp32", "cbias_ptr": "*fp32",
-               "dcoef_ptr": "*fp32"}
-        sig.update({"dx_ptr": P[dt], "dsrow_ptr": "*fp32", "dyacc_ptr": "*fp32"} if kind == "dx"
-                   else {"dy_ptr": P[dt]})
-        sig.update(scal)
-        extra = {"FUSE_DY": False} if kind == "dx" else {}
-        out[f"{kind} {dt}"] = build(fn, sig, {**fl, **extra, **tiles(cfgs[0], fl)},
-                                    cfgs[0].num_warps, cfgs[0].num_stages)
-    if "fused" in kinds:
-        cfg = tg._FUSED_CONFIGS[0]
-        sig = {"x_ptr": P[dt], "y_ptr": P[dt], "scale_ptr": "*fp32", "gout_ptr": "*fp32",
-               "lg_ptr": "*i64", "rg_ptr": "*i64", "rbias_ptr": "*fp32", "cbias_ptr": "*fp32",
-               "dcoef_ptr": "*fp32", "dx_ptr": P[dt], "dsrow_ptr": "*fp32", "dyacc_ptr": "*fp32",
-               **scal}
-        out[f"fused {dt}"] = build(tg._gcl_bwd_dx_kernel, sig,
-                                   {**fl, "FUSE_DY": True, **tiles(cfg, fl)},
-                                   cfg.num_warps, cfg.num_stages)
-print("RESULT " + json.dumps(out))
-"""
+    return {f"{r['kernel']} {r['dtype']}": r for r in json.loads(lines[-1][len("RESULT "):])}
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="the GPU tests run the compiled kernels for real")
@@ -383,19 +319,14 @@ def test_kernels_build_for_sm90():
         import triton.backends.nvidia  # noqa: F401
     except Exception:
         pytest.skip("Triton's NVIDIA backend is not installed")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", _SM90_BUILD], env=env, capture_output=True,
-                          text=True, timeout=600)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-6000:]
-    import json
-
-    res = json.loads(lines[-1][len("RESULT "):])
+    # every kernel, first config, bf16, multi-field with both group masks; dx in fp32 too
+    res = _build_sm90("--dtype", "bf16", "--fields", "2x3", "--groups", "yes")
+    res.update(_build_sm90("--dtype", "fp32", "--fields", "1x1", "--kernels", "dx"))
     assert set(res) == {"fwd bf16", "merge bf16", "dx bf16", "dy bf16", "fused bf16", "dx fp32"}
     # the tile products of the hot kernels run on Hopper's warpgroup tensor cores
     for name in ("fwd bf16", "dx bf16", "dy bf16", "fused bf16"):
         assert res[name]["hgmma"] > 0, (name, res[name])
-    print(res)
+    print({k: (v["regs"], v["spill_bytes"], v["hgmma"]) for k, v in res.items()})
 
 
 # --------------------------------------------------------------------------------------

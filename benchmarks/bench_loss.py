@@ -67,18 +67,17 @@ from __future__ import annotations
 import argparse
 import csv
 import gc
-import io
 import json
 import math
 import os
-import platform
-import shlex
 import statistics
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
+
+from _common import append_csv, check_csv_header, command_line, git_revision, loadavg, machine, package_versions
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -436,39 +435,12 @@ class Worker:
 
 
 def _machine() -> dict:
-    import numpy
+    """The machine and version columns of bench_loss.csv."""
     import torch
 
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        import triton
-
-        triton_v = triton.__version__
-    except Exception:
-        triton_v = "-"
-    try:
-        git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                             text=True, timeout=10).stdout.strip() or "-"
-    except Exception:
-        git = "-"
-    return dict(cpu=cpu, cores=str(os.cpu_count()), torch_threads=str(torch.get_num_threads()),
-                python=platform.python_version(), torch=torch.__version__, triton=triton_v,
-                numpy=numpy.__version__, git=git)
-
-
-def _loadavg() -> str:
-    try:
-        return "/".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        return "?"
+    return dict(machine(), torch_threads=str(torch.get_num_threads()),
+                **package_versions({"torch": "torch", "triton": "triton", "numpy": "numpy"}),
+                git=git_revision() or "-")
 
 
 def _mem_available_bytes() -> float:
@@ -498,25 +470,6 @@ def _bf16_matmul_tflops() -> float:
         torch.cuda.synchronize()
         times.append(s.elapsed_time(e) / 1e3)
     return 2 * 8192 ** 3 / statistics.median(times) / 1e12
-
-
-def _append_csv(path: str, rows: List[dict]) -> None:
-    """Append rows atomically: read, add, write a temp file, os.replace."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    old = ""
-    if os.path.exists(path):
-        with open(path, newline="") as f:
-            old = f.read()
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
-    if not old:
-        w.writeheader()
-    for r in rows:
-        w.writerow(r)
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        f.write(old + buf.getvalue())
-    os.replace(tmp, path)
 
 
 def _done_keys(path: str, run_id: str) -> set:
@@ -622,8 +575,9 @@ def main(argv=None) -> None:
 
     run_id = args.resume or time.strftime("%Y%m%d-%H%M%S")
     done = _done_keys(out, run_id) if args.resume else set()
+    check_csv_header(out, COLUMNS)
     meta = _machine()
-    command = " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
+    command = command_line(argv, start=ROOT)
     bf16_rate = _bf16_matmul_tflops() if args.device == "cuda" else None
 
     configs = [dict(B=b, D=d, FL=fl, FR=fr, extra=args.extra, modes=modes, repeats=args.repeats,
@@ -645,7 +599,7 @@ def main(argv=None) -> None:
             f_str = f"{cfg['FL']}x{cfg['FR']}"
             b_r = cfg["B"] + cfg["extra"]
             results: Dict[str, dict] = {}
-            load0 = _loadavg()
+            load0 = loadavg()
             for name in impls:
                 bar.set_postfix_str(f"B={cfg['B']} D={cfg['D']} F={f_str} {name}")
                 impl = IMPLS[name]
@@ -669,7 +623,7 @@ def main(argv=None) -> None:
                     else:
                         results[name] = wk.run(cfg)
                 bar.update(1)
-            load1 = _loadavg()
+            load1 = loadavg()
 
             ref_loss = next((results[n]["loss"] for n in ("reference", "chunked")
                              if results.get(n, {}).get("ok") and results[n].get("loss") is not None), None)
@@ -711,7 +665,7 @@ def main(argv=None) -> None:
                         if ref_loss is not None and res.get("loss") is not None:
                             row["loss_rel_diff"] = abs(res["loss"] - ref_loss) / max(abs(ref_loss), 1e-30)
                     rows.append(row)
-            _append_csv(out, rows)
+            append_csv(out, COLUMNS, rows)
             all_rows.extend(rows)
     finally:
         bar.close()

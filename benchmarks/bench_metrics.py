@@ -24,10 +24,7 @@ ratios from one run, not absolute times across runs.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
-import platform
-import shlex
 import statistics
 import sys
 import time
@@ -35,7 +32,9 @@ from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 
-from gcl_train.metrics import ranking_metrics
+from gcl_train.metrics import ranking_metrics, reference_err, reference_rbp
+
+from _common import append_csv, check_csv_header, command_line, git_revision, loadavg, machine, package_versions
 
 IMPLS = ("ours", "pytrec_eval", "reference")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_metrics.csv")
@@ -44,38 +43,10 @@ COLUMNS = ["timestamp", "impl", "n_queries", "k", "qrels_per_query", "repeats", 
            "pytrec_eval", "revision", "command"]
 
 
-def machine() -> Dict[str, str]:
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        pte = version("pytrec-eval-terrier")
-    except PackageNotFoundError:
-        pte = "-"
-    import subprocess
-
-    try:
-        rev = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
-                             cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10).stdout.strip() or "?"
-    except (OSError, subprocess.SubprocessError):
-        rev = "?"
-    return {"cpu": cpu, "cores": str(os.cpu_count()), "python": platform.python_version(),
-            "numpy": np.__version__, "pytrec_eval": pte, "revision": rev}
-
-
-def loadavg() -> str:
-    try:
-        return "/".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "?"
+def machine_info() -> Dict[str, str]:
+    """The machine and version columns of bench_metrics.csv."""
+    return {**machine(), **package_versions({"numpy": "numpy", "pytrec_eval": "pytrec-eval-terrier"}),
+            "revision": git_revision(dirty=True) or "?"}
 
 
 def make_case(n_queries: int, k: int, n_rel: int, seed: int = 0) -> Tuple[dict, dict]:
@@ -108,27 +79,6 @@ def run_pytrec(qrels, run):
     res = ev.evaluate(run)
     names = next(iter(res.values())).keys()
     return {n: float(np.mean([r[n] for r in res.values()])) for n in names}
-
-
-def reference_err(qrels, retrieved):
-    err, p_stop = 0.0, 1.0
-    docs = sorted(retrieved.items(), key=lambda x: x[1], reverse=True)
-    max_rel = max(qrels.values())
-    for rank, (doc, _) in enumerate(docs, start=1):
-        rel = qrels.get(doc, 0)
-        r = (2 ** rel - 1) / (2 ** max_rel)
-        err += p_stop * r / rank
-        p_stop *= 1 - r
-    return err
-
-
-def reference_rbp(qrels, retrieved, p):
-    rbp = 0.0
-    docs = sorted(retrieved.items(), key=lambda x: x[1], reverse=True)
-    max_rel = max(qrels.values())
-    for rank, (doc, _) in enumerate(docs, start=1):
-        rbp += qrels.get(doc, 0) / max_rel * (p ** (rank - 1))
-    return rbp * (1 - p)
 
 
 def run_reference(qrels, run):
@@ -166,7 +116,9 @@ def main(argv=None) -> int:
     for i in impls:
         if i not in IMPLS:
             ap.error(f"--impls: unknown implementation {i!r}; choose from {IMPLS}")
-    info = machine()
+    if not a.no_csv:
+        check_csv_header(RESULTS, COLUMNS)
+    info = machine_info()
     load0 = loadavg()
     t = time.perf_counter()
     qrels, run = make_case(a.queries, a.k, a.qrels_per_query)
@@ -209,20 +161,13 @@ def main(argv=None) -> int:
         print(f"{r['impl'].ljust(width)}  {r['median_s']:8.2f} ({r['min_s']:.2f}..{r['max_s']:.2f})"
               f"  {r['queries_per_s']:10.0f}  {r['note']}")
     if not a.no_csv:
-        os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-        new = not os.path.isfile(RESULTS)
-        with open(RESULTS, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS)
-            if new:
-                w.writeheader()
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            cmd = " ".join(shlex.quote(x) for x in [os.path.relpath(sys.argv[0])] + (argv if argv is not None else sys.argv[1:]))
-            for r in rows:
-                w.writerow({"timestamp": stamp, "n_queries": a.queries, "k": a.k,
-                            "qrels_per_query": a.qrels_per_query, "repeats": a.repeats,
-                            "loadavg_start": load0, "loadavg_end": load1, "command": "python " + cmd,
-                            **info, **{k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()}})
-        print(f"appended {len(rows)} rows to {os.path.relpath(RESULTS)}")
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        common = {"timestamp": stamp, "n_queries": a.queries, "k": a.k, "qrels_per_query": a.qrels_per_query,
+                  "repeats": a.repeats, "loadavg_start": load0, "loadavg_end": load1,
+                  "command": "python " + command_line(argv), **info}
+        n = append_csv(RESULTS, COLUMNS, [{**common, **{k: (f"{v:.4f}" if isinstance(v, float) else v)
+                                                      for k, v in r.items()}} for r in rows])
+        print(f"appended {n} rows to {os.path.relpath(RESULTS)}")
     return 0
 
 

@@ -28,7 +28,8 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from .train import TrainConfig, atomic_write_json, eval_right_fields, is_finished, train
+from .fileio import atomic_write, atomic_write_json
+from .train import TrainConfig, eval_right_fields, is_finished, train
 
 log = logging.getLogger("gcl_train.demo")
 
@@ -130,18 +131,16 @@ def format_table(rows: Sequence[Dict[str, Any]]) -> str:
 
 
 def write_comparison(out: str, rows: List[Dict[str, Any]], meta: Dict[str, Any]) -> Dict[str, str]:
-    from gcl_train.evaluate import _atomic_write  # the evaluator's atomic writer (binary-safe)
-
     paths = {k: os.path.join(out, f"comparison.{k}") for k in ("json", "csv", "png")}
-    atomic_write_json(paths["json"], {"rows": rows, **meta})
+    atomic_write_json(paths["json"], {"rows": rows, **meta}, default=str)
 
     def write_csv(f):
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
 
-    _atomic_write(paths["csv"], write_csv)
-    _atomic_write(paths["png"], lambda f: _plot(rows, f), binary=True)
+    atomic_write(paths["csv"], write_csv)
+    atomic_write(paths["png"], lambda f: _plot(rows, f), binary=True)
     return paths
 
 
@@ -199,9 +198,7 @@ def stage_qdrant(args, data: str, model_path: str, out: str) -> None:
         t[sel] = enc([titles[i] for i in sel], "txt")
         sel = np.flatnonzero(has_img)
         im[sel] = enc([ds.load_image(docs[i][1]["image_local"]) for i in sel], "img")
-        tmp = vec_path + ".tmp.npz"
-        np.savez(tmp, title=t, image=im, stamp=json.dumps(stamp))
-        os.replace(tmp, vec_path)
+        atomic_write(vec_path, lambda f: np.savez(f, title=t, image=im, stamp=json.dumps(stamp)), binary=True)
     else:
         t, im = cached["title"], cached["image"]
     payloads = [{"title": titles[i] or "", "product_id": ids[i]} for i in range(len(ids))]

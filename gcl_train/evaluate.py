@@ -86,6 +86,7 @@ from .data.marqo_gs import (
     resolve_split,
     split_query_key,
 )
+from .fileio import atomic_write
 from .metrics import REFERENCE_KS, chance_metrics, metric_names, ranking_metrics
 
 log = logging.getLogger(__name__)
@@ -247,8 +248,8 @@ class EmbeddingTable:
         os.makedirs(directory, exist_ok=True)
         npy = os.path.join(directory, name + ".npy")
         ids = os.path.join(directory, name + ".ids.json")
-        _atomic_write(npy, lambda f: np.save(f, np.asarray(self.vectors)), binary=True)
-        _atomic_write(ids, lambda f: json.dump(self.ids, f))
+        atomic_write(npy, lambda f: np.save(f, np.asarray(self.vectors)), binary=True)
+        atomic_write(ids, lambda f: json.dump(self.ids, f))
         return npy, ids
 
     @classmethod
@@ -302,21 +303,6 @@ def _as_tables(embeddings) -> Dict[str, EmbeddingTable]:
     return out
 
 
-def _atomic_write(path: str, write: Callable, binary: bool = False) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    base, ext = os.path.splitext(os.path.basename(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{ext}", dir=d)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": ""})) as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 class _RowWriter:
     """Append float rows to a raw temp file, then turn it into a `.npy` (flat memory)."""
 
@@ -355,7 +341,7 @@ class _RowWriter:
             for p in (tmp_npy, self.tmp):
                 if os.path.exists(p):
                     os.unlink(p)
-        _atomic_write(os.path.join(self.dir, self.name + ".ids.json"), lambda f: json.dump(ids, f))
+        atomic_write(os.path.join(self.dir, self.name + ".ids.json"), lambda f: json.dump(ids, f))
         return EmbeddingTable.load(self.dir, self.name)
 
     def abort(self):
@@ -980,10 +966,10 @@ def evaluate(
         res = evaluate_split(ds, split, encoder, tables, config, retriever, out_dir, progress, cache)
         results[split] = res
         if out_dir:
-            _atomic_write(done, lambda f: json.dump({"config": cfg_dict, "result": res.to_dict()}, f, indent=1))
-            _atomic_write(os.path.join(out_dir, "qrels", split + ".json"), lambda f: json.dump(res.qrels, f))
+            atomic_write(done, lambda f: json.dump({"config": cfg_dict, "result": res.to_dict()}, f, indent=1))
+            atomic_write(os.path.join(out_dir, "qrels", split + ".json"), lambda f: json.dump(res.qrels, f))
             if save_runs:
-                _atomic_write(os.path.join(out_dir, "runs", split + ".json"), lambda f: json.dump(res.run, f))
+                atomic_write(os.path.join(out_dir, "runs", split + ".json"), lambda f: json.dump(res.run, f))
         for note in res.notes:
             log.warning("%s: %s", split, note)
     report = EvalReport(results, config)
@@ -1021,7 +1007,7 @@ def write_reports(report: EvalReport, out_dir: str) -> Dict[str, str]:
         "csv": os.path.join(out_dir, "metrics.csv"),
         "png": os.path.join(out_dir, "ndcg_at_k.png"),
     }
-    _atomic_write(paths["json"], lambda f: json.dump(payload, f, indent=1))
+    atomic_write(paths["json"], lambda f: json.dump(payload, f, indent=1))
 
     def write_csv(f):
         w = csv.writer(f)
@@ -1030,8 +1016,8 @@ def write_reports(report: EvalReport, out_dir: str) -> Dict[str, str]:
             w.writerow([s, r.name, r.corpus, r.gt_source, r.n_queries, r.n_docs, r.n_docs_unusable]
                        + [repr(float(r.metrics.get(m, float("nan")))) for m in names])
 
-    _atomic_write(paths["csv"], write_csv)
-    _atomic_write(paths["png"], lambda f: _plot_ndcg(report, f), binary=True)
+    atomic_write(paths["csv"], write_csv)
+    atomic_write(paths["png"], lambda f: _plot_ndcg(report, f), binary=True)
     return paths
 
 

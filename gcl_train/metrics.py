@@ -298,3 +298,41 @@ def chance_metrics(
                 out[f"recall@{k}"] += (kk / n_docs) / nq
             out[f"precision@{k}"] += (n_rel / n_docs) * kk / k / nq
     return out
+
+
+# ----------------------------------------------------------------------------------------
+# the reference evaluation's loops (oracle for tests and benchmarks)
+# ----------------------------------------------------------------------------------------
+
+def reference_err(qrels_q: Mapping[str, int], run_q: Mapping[str, float]) -> float:
+    """ERR of one query, transcribed from `calculate_individual_err` in marqo-ai/GCL
+    `evals/eval_gs_v1.py`: per-document Python, for checking `ranking_metrics` against.
+
+    The run is sorted by score only (Python's stable sort keeps dict order among equal
+    scores), so compare with `ranking_metrics` on runs without ties.
+
+    Example:
+        >>> reference_err({"a": 1}, {"a": 0.9})
+        0.5
+    """
+    err, p_stop = 0.0, 1.0
+    docs = sorted(run_q.items(), key=lambda x: x[1], reverse=True)
+    max_rel = max(qrels_q.values())
+    for rank, (doc, _) in enumerate(docs, start=1):
+        rel = qrels_q.get(doc, 0)
+        r = (2 ** rel - 1) / (2 ** max_rel)
+        err += p_stop * r / rank
+        p_stop *= 1 - r
+    return err
+
+
+def reference_rbp(qrels_q: Mapping[str, int], run_q: Mapping[str, float], p: float) -> float:
+    """RBP@p of one query, transcribed from the same reference evaluation (see `reference_err`).
+
+    Example:
+        >>> round(reference_rbp({"a": 2, "b": 1}, {"b": 0.9, "a": 0.1}, 0.5), 4)
+        0.5
+    """
+    docs = sorted(run_q.items(), key=lambda x: x[1], reverse=True)
+    max_rel = max(qrels_q.values())
+    return (1 - p) * sum(qrels_q.get(d, 0) / max_rel * p ** (rank - 1) for rank, (d, _) in enumerate(docs, start=1))

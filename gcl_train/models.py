@@ -25,7 +25,6 @@ import functools
 import json
 import os
 import platform
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,8 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .fileio import atomic_write
 
 CHECKPOINT_FORMAT = "gcl-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -323,21 +324,8 @@ def _versions() -> Dict[str, str]:
 
 
 def atomic_torch_save(obj: Any, path: Union[str, os.PathLike]) -> None:
-    """`torch.save` to a temp file in the same directory, fsync, then `os.replace`."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """`torch.save` through `fileio.atomic_write` (temp file, fsync, `os.replace`)."""
+    atomic_write(path, lambda f: torch.save(obj, f), binary=True, durable=True)
 
 
 def save_checkpoint(

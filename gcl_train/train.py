@@ -29,7 +29,6 @@ import math
 import os
 import random
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
@@ -50,6 +49,7 @@ from .models import (
     read_checkpoint,
     save_checkpoint,
 )
+from .fileio import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -335,7 +335,7 @@ def scan_split(dataset, cfg: TrainConfig, cache_path: Optional[str] = None) -> D
     out = {"key": key, "rows": stats.rows, "usable": n, "skipped": dict(stats.skipped),
            "score_max": s_max, "score_min": s_min, "queries": len(queries)}
     if cache_path:
-        atomic_write_json(cache_path, out)
+        atomic_write_json(cache_path, out, default=str)
     return out
 
 
@@ -486,17 +486,36 @@ def make_batch(examples: Sequence[Example], bundle: ModelBundle, dataset,
 # loss
 # ----------------------------------------------------------------------------------------
 
-def pair_weights(scores: torch.Tensor, cfg: TrainConfig, s_max: float) -> torch.Tensor:
-    """Per-pair loss weights from scores (`score_to_weight(scores, cfg.weight_fn, s_max)`)."""
-    from gcl_kernels import score_to_weight
+def loss_module(model: torch.nn.Module, cfg: TrainConfig, s_max: float):
+    """A `gcl_kernels.GCLLoss` configured from `cfg` that uses the model's own logit scale.
 
-    return torch.as_tensor(score_to_weight(scores, cfg.weight_fn, s_max=s_max, **cfg.weight_params),
-                           dtype=torch.float32, device=scores.device)
+    The module's `logit_scale` is the model's Parameter itself, not a copy, so the
+    optimizer, the clamp after each step and the checkpoints see one value, and
+    `loss_fn.scale()` is exp(model.logit_scale) clamped at `cfg.max_logit_scale`.
 
+    Args:
+        model: an open_clip model with a 0-dim `logit_scale` Parameter (log of the scale).
+        cfg: weight_fn, weight_params, direction, normalize, field_mode, field_weights,
+            max_logit_scale and loss_impl are read.
+        s_max: the data set's largest score (`score_to_weight`'s s_max).
 
-def logit_scale_of(model: torch.nn.Module, max_logit_scale: float) -> torch.Tensor:
-    """exp(model.logit_scale) clamped at `max_logit_scale` (0-dim, keeps the gradient)."""
-    return model.logit_scale.exp().clamp(max=max_logit_scale).reshape(())
+    Example:
+        >>> loss_fn = loss_module(bundle.model, cfg, s_max=100.0)  # doctest: +SKIP
+        >>> float(loss_fn.scale())  # doctest: +SKIP
+    """
+    from gcl_kernels import GCLLoss
+
+    field_weights = None
+    if cfg.field_mode == "pairs":
+        fw = field_weight_vector(cfg.field_weights)
+        field_weights = (fw / fw.sum()).reshape(1, -1)
+    loss_fn = GCLLoss(weight_fn=cfg.weight_fn, s_max=s_max, weight_params=cfg.weight_params,
+                      direction=cfg.direction, normalize=cfg.normalize, field_weights=field_weights,
+                      # the initial value is never used: the model's parameter replaces it below
+                      init_logit_scale=cfg.max_logit_scale, max_logit_scale=cfg.max_logit_scale,
+                      impl=cfg.loss_impl)
+    loss_fn.logit_scale = model.logit_scale
+    return loss_fn
 
 
 def embed(model: torch.nn.Module, batch: Batch, cfg: TrainConfig) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -521,23 +540,21 @@ def embed(model: torch.nn.Module, batch: Batch, cfg: TrainConfig) -> Tuple[torch
     return q.float(), docs
 
 
-def compute_loss(model: torch.nn.Module, batch: Batch, cfg: TrainConfig, s_max: float) -> torch.Tensor:
-    """The GCL loss of one batch (GCL_SPEC sections 1-3) with the model's logit scale."""
-    from gcl_kernels import gcl_loss
+def compute_loss(model: torch.nn.Module, batch: Batch, cfg: TrainConfig, s_max: float,
+                 loss_fn=None) -> torch.Tensor:
+    """The GCL loss of one batch (GCL_SPEC sections 1-3) with the model's logit scale.
 
+    Args:
+        model, cfg, s_max: as `loss_module`; batch: from `make_batch`.
+        loss_fn: a `loss_module(model, cfg, s_max)` to reuse across steps (built here
+            when None).
+    """
+    if loss_fn is None:
+        loss_fn = loss_module(model, cfg, s_max)
     q, docs = embed(model, batch, cfg)
-    weights = pair_weights(batch.scores, cfg, s_max)
-    field_weights = None
-    if cfg.field_mode == "pairs":
-        fw = field_weight_vector(cfg.field_weights)
-        field_weights = (fw / fw.sum()).reshape(1, -1)
-    return gcl_loss(
-        q, docs, logit_scale_of(model, cfg.max_logit_scale), weights=weights,
-        field_weights=field_weights,
-        lhs_groups=batch.lhs_groups if cfg.use_groups else None,
-        rhs_groups=batch.rhs_groups if cfg.use_groups else None,
-        direction=cfg.direction, normalize=cfg.normalize, impl=cfg.loss_impl,
-    )
+    return loss_fn(q, docs, scores=batch.scores,
+                   lhs_groups=batch.lhs_groups if cfg.use_groups else None,
+                   rhs_groups=batch.rhs_groups if cfg.use_groups else None)
 
 
 # ----------------------------------------------------------------------------------------
@@ -585,22 +602,6 @@ def resolve_device(device: str) -> torch.device:
 # ----------------------------------------------------------------------------------------
 # files
 # ----------------------------------------------------------------------------------------
-
-def atomic_write_json(path: str, obj: Any) -> None:
-    """Write JSON to a temp file in the same directory, then `os.replace`."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
 
 _STEP_RE = re.compile(r"step_(\d+)\.pt$")
 
@@ -762,7 +763,7 @@ def train(cfg: TrainConfig, on_step: Optional[Callable[[int, float], None]] = No
                 f"resume: {cfg.out!r} was trained with a different setup "
                 f"({_model_signature(old)}); resume needs the same model, data, batch size, seed "
                 f"and shuffle; pass another out directory or resume='never'")
-    atomic_write_json(cfg_path, cfg.to_json())
+    atomic_write_json(cfg_path, cfg.to_json(), default=str)
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -775,6 +776,7 @@ def train(cfg: TrainConfig, on_step: Optional[Callable[[int, float], None]] = No
         model.lock_image_tower()
     if cfg.lock_text:
         model.lock_text_tower()
+    loss_fn = loss_module(model, cfg, s_max)
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
     scheduler = cosine_schedule(optimizer, cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
 
@@ -838,7 +840,7 @@ def train(cfg: TrainConfig, on_step: Optional[Callable[[int, float], None]] = No
             for batch, consumed in batches:
                 batch = batch.to(device)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    loss = compute_loss(model, batch, cfg, s_max)
+                    loss = compute_loss(model, batch, cfg, s_max, loss_fn)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip is not None:
@@ -867,7 +869,7 @@ def train(cfg: TrainConfig, on_step: Optional[Callable[[int, float], None]] = No
                     t_last, pairs_since = now, 0
                     rec = {"step": step, "epoch": epoch, "loss": value,
                            "lr": scheduler.get_last_lr()[0],
-                           "logit_scale": float(logit_scale_of(model, cfg.max_logit_scale).detach()),
+                           "logit_scale": float(loss_fn.scale().detach()),
                            "pairs_per_s": rate}
                     log_f.write(json.dumps(rec) + "\n")
                     log_f.flush()
@@ -913,7 +915,7 @@ def _finish(cfg, step, total, finished, model_path, ck, first_loss, last_loss, e
                       model_path=model_path, checkpoint=ck, first_loss=first_loss, last_loss=last_loss,
                       epoch_losses=list(epoch_losses), resumed_from=resumed_from,
                       seconds=time.time() - t_start, evals=list(evals))
-    atomic_write_json(os.path.join(cfg.out, "summary.json"), dataclasses.asdict(res))
+    atomic_write_json(os.path.join(cfg.out, "summary.json"), dataclasses.asdict(res), default=str)
     return res
 
 
@@ -928,7 +930,7 @@ def is_finished(out: str) -> bool:
 
 __all__ = [
     "TrainConfig", "TrainResult", "Example", "Batch", "shuffled", "stream_examples", "scan_split",
-    "epoch_stream", "epoch_batches", "prefetched", "make_batch", "pair_weights", "logit_scale_of", "embed", "compute_loss",
-    "build_optimizer", "cosine_schedule", "resolve_device", "atomic_write_json",
+    "epoch_stream", "epoch_batches", "prefetched", "make_batch", "loss_module", "embed", "compute_loss",
+    "build_optimizer", "cosine_schedule", "resolve_device",
     "list_checkpoints", "evaluate_model", "train", "is_finished",
 ]

@@ -6,38 +6,21 @@ import errno
 import fcntl
 import json
 import os
-import tempfile
 from typing import Any, Optional
+
+from gcl_train.fileio import atomic_write_json as _atomic_write_json
 
 from .errors import StoreLockedError
 
 
 def atomic_write_json(path: str, obj: Any) -> None:
-    """Write JSON to a temp file in the same directory, fsync, then ``os.replace``.
+    """Write JSON (indent 1, sorted keys) durably: temp file, fsync, ``os.replace``, fsync dir.
 
-    A reader sees the old file or the new one, never a torn one, even after a kill.
+    A reader sees the old file or the new one, never a torn one, even after a kill or a
+    power loss. The writer is `gcl_train.fileio` (standard library only, so this import
+    does not pull in torch).
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    _atomic_write_json(path, obj, indent=1, sort_keys=True, durable=True)
 
 
 def read_json(path: str) -> Optional[Any]:

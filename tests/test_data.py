@@ -224,18 +224,22 @@ def test_gzip_csv_and_image_bytes_columns(tmp_path):
         list(iter_pairs(path))
 
 
-def test_parquet_hugging_face_copy(tmp_path):
+def test_parquet_hugging_face_copy(tmp_path, caplog):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
 
-    table = pa.table({"query": ["q", None], "product_id": ["p1", "p2"], "score_linear": [100, 99],
-                      "image": [{"bytes": b"\x89PNG", "path": "x.png"}, {"bytes": None, "path": None}]})
+    table = pa.table({"query": ["q", None, "q"], "product_id": ["p1", "p2", "p3"], "score_linear": [100, 99, 98],
+                      "title": ["t", "t", None],
+                      "image": [{"bytes": b"\x89PNG", "path": "x.png"}, {"bytes": None, "path": None}, None]})
     path = str(tmp_path / "s.parquet")
     pq.write_table(table, path)
     stats = ReadStats()
-    recs = list(iter_pairs(path, stats=stats))
-    assert len(recs) == 1 and recs[0].image == b"\x89PNG" and recs[0].score_linear == 100.0
-    assert stats.n_skipped == 1
+    recs = list(iter_pairs(path, optional=("title",), stats=stats))
+    assert [r.product_id for r in recs] == ["p1", "p3"]
+    assert recs[0].image == b"\x89PNG" and recs[0].score_linear == 100.0
+    # the same accounting as the CSV reader: skips, missing optional fields, yielded rows, a warning
+    assert stats.n_skipped == 1 and stats.rows == 3 and stats.yielded == 2 and stats.missing["title"] == 1
+    assert "1 left out" in caplog.text
 
 
 # ---------------------------------------------------------------------------------------

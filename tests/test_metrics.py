@@ -12,6 +12,8 @@ from gcl_train.metrics import (
     metric_names,
     metrics_from_arrays,
     ranking_metrics,
+    reference_err,
+    reference_rbp,
 )
 
 pytrec_eval = pytest.importorskip("pytrec_eval")
@@ -81,34 +83,17 @@ def test_tie_order_is_doc_id_descending_not_dict_order():
     assert m1["precision@1"] == 0.0 and m1["mrr@1"] == 0.0
 
 
-def reference_err(qrels, retrieved):
-    # transcription of calculate_individual_err in marqo-ai/GCL evals/eval_gs_v1.py
-    err, p_stop = 0.0, 1.0
-    docs = sorted(retrieved.items(), key=lambda x: x[1], reverse=True)
-    max_rel = max(qrels.values())
-    for rank, (doc, _) in enumerate(docs, start=1):
-        rel = qrels.get(doc, 0)
-        r = (2 ** rel - 1) / (2 ** max_rel)
-        err += p_stop * r / rank
-        p_stop *= 1 - r
-    return err
-
-
-def reference_rbp(qrels, retrieved, p):
-    docs = sorted(retrieved.items(), key=lambda x: x[1], reverse=True)
-    max_rel = max(qrels.values())
-    return (1 - p) * sum(qrels.get(d, 0) / max_rel * p ** (rank - 1) for rank, (d, _) in enumerate(docs, start=1))
-
-
 def test_err_rbp_hand_computed():
     qrels = {"q": {"a": 3, "b": 1, "c": 0}}
     run = {"q": {"b": 0.9, "a": 0.8, "d": 0.7}}
     m = ranking_metrics(qrels, run, ks=(1,))
     # R(b) = (2^1 - 1) / 2^3 = 1/8, R(a) = 7/8: ERR = 1/8 + (1 - 1/8) * 7/8 / 2
     assert m["err"] == pytest.approx(1 / 8 + (7 / 8) * (7 / 8) / 2, abs=1e-15)
+    assert reference_err(qrels["q"], run["q"]) == pytest.approx(1 / 8 + (7 / 8) * (7 / 8) / 2, abs=1e-15)
     # RBP: (1 - p) * (1/3 + 1 * p)
     assert m["rbp@0.7"] == pytest.approx(0.3 * (1 / 3 + 0.7), abs=1e-15)
     assert m["rbp@0.9"] == pytest.approx(0.1 * (1 / 3 + 0.9), abs=1e-15)
+    assert reference_rbp(qrels["q"], run["q"], 0.9) == pytest.approx(0.1 * (1 / 3 + 0.9), abs=1e-15)
     # a perfect single-document run with one grade-1 document: ERR = 1/2, RBP = 1 - p
     m = ranking_metrics({"q": {"a": 1}}, {"q": {"a": 1.0}}, ks=(1,))
     assert m["err"] == 0.5 and m["rbp@0.8"] == pytest.approx(0.2)

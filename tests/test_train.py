@@ -21,6 +21,7 @@ from gcl_train.train import (  # noqa: E402
     compute_loss,
     cosine_schedule,
     embed,
+    loss_module,
     make_batch,
     prefetched,
     shuffled,
@@ -182,6 +183,25 @@ def test_ce_baseline_loss_equals_open_clip_clip_loss(tiny, data_root):
     with torch.no_grad():
         gcl = compute_loss(model, b, cfg_gcl, s_max=100.0)
     assert math.isfinite(float(gcl)) and float(gcl) != pytest.approx(float(want), rel=1e-3)
+
+
+def test_loss_module_shares_the_models_logit_scale(tiny, data_root):
+    """One scale: GCLLoss.scale() reads the model's Parameter, clamped at max_logit_scale."""
+    model = create_model("tiny", seed=0).model
+    cfg = TrainConfig(data=data_root, out="unused", max_logit_scale=50.0, use_groups=False)
+    loss_fn = loss_module(model, cfg, s_max=100.0)
+    assert loss_fn.logit_scale is model.logit_scale
+    assert float(loss_fn.scale().detach()) == pytest.approx(1 / 0.07, rel=1e-5)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(80.0))  # what a training step might do
+    assert float(loss_fn.scale().detach()) == pytest.approx(50.0)  # clamped on use
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(20.0))
+    exs = [_ex(f"query {i}", f"q{i}", f"p{i}", f"title {i}", str(10 * i), 50 + i) for i in range(4)]
+    b = make_batch(exs, tiny, _Images(), {"title": 0.5, "image": 0.5})
+    model.zero_grad()
+    compute_loss(model, b, cfg, 100.0, loss_fn).backward()
+    assert model.logit_scale.grad is not None and float(model.logit_scale.grad) != 0.0
 
 
 @pytest.mark.parametrize("kw, match", [

@@ -289,7 +289,9 @@ class _CsvRowConverter:
         return PairRecord(line=line, extra=extra, **kw)
 
 
-def _check_required(rec: PairRecord, required: Sequence[str], stats: ReadStats, on_missing: str, path) -> bool:
+def _accept(rec: PairRecord, required: Sequence[str], optional: Sequence[str], stats: ReadStats,
+            on_missing: str, path) -> bool:
+    """Whether to yield `rec`, with the counting both readers (CSV, parquet) share."""
     for key in required:
         v = getattr(rec, key, None) if key in _KNOWN else rec.extra.get(key)
         if v is None or is_missing(v):
@@ -298,6 +300,10 @@ def _check_required(rec: PairRecord, required: Sequence[str], stats: ReadStats, 
                 raise DataFormatError(path, rec.line, reason)
             stats.note_skip(reason, rec.line)
             return False
+    for key in optional:
+        if is_missing(rec.get(key)):
+            stats.missing[key] += 1
+    stats.yielded += 1
     return True
 
 
@@ -339,7 +345,40 @@ def iter_pairs(
         raise FileNotFoundError(f"split file not found: {path}")
     if path.endswith(".parquet"):
         yield from _iter_parquet(path, required, optional, stats, on_missing)
-        return
+    else:
+        yield from _iter_csv(path, required, optional, stats, on_missing, columns)
+    if stats.n_skipped:
+        log.warning("%s", stats.summary())
+
+
+def _open_binary(path: str):
+    if path.endswith(".gz"):
+        import gzip
+
+        return gzip.open(path, "rb")
+    return open(path, "rb")
+
+
+def _decoded_lines(path: str, fb) -> Iterator[str]:
+    # decode line by line (not in 8 KiB chunks) so a bad byte is reported at its own line
+    for lineno, raw in enumerate(fb, 1):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataFormatError(path, lineno, f"not valid UTF-8 ({e})") from None
+
+
+def _decode_data_uri(path, line, uri: str) -> bytes:
+    head, _, payload = uri.partition(",")
+    if ";base64" not in head:
+        raise DataFormatError(path, line, "column 'image': only base64 data: URIs are supported")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except ValueError as e:
+        raise DataFormatError(path, line, f"column 'image': invalid base64 ({e})") from None
+
+
+def _iter_csv(path, required, optional, stats, on_missing, columns):
     with _open_binary(path) as fb:
         reader = csv.reader(_decoded_lines(path, fb), strict=True)
         try:
@@ -378,42 +417,8 @@ def iter_pairs(
             if len(cells) != ncol:
                 raise DataFormatError(path, line, f"expected {ncol} cells (one per header column), got {len(cells)}")
             rec = convert(cells, line)
-            if not _check_required(rec, required, stats, on_missing, path):
-                continue
-            for key in optional:
-                if is_missing(rec.get(key)):
-                    stats.missing[key] += 1
-            stats.yielded += 1
-            yield rec
-    if stats.n_skipped:
-        log.warning("%s", stats.summary())
-
-
-def _open_binary(path: str):
-    if path.endswith(".gz"):
-        import gzip
-
-        return gzip.open(path, "rb")
-    return open(path, "rb")
-
-
-def _decoded_lines(path: str, fb) -> Iterator[str]:
-    # decode line by line (not in 8 KiB chunks) so a bad byte is reported at its own line
-    for lineno, raw in enumerate(fb, 1):
-        try:
-            yield raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise DataFormatError(path, lineno, f"not valid UTF-8 ({e})") from None
-
-
-def _decode_data_uri(path, line, uri: str) -> bytes:
-    head, _, payload = uri.partition(",")
-    if ";base64" not in head:
-        raise DataFormatError(path, line, "column 'image': only base64 data: URIs are supported")
-    try:
-        return base64.b64decode(payload, validate=True)
-    except ValueError as e:
-        raise DataFormatError(path, line, f"column 'image': invalid base64 ({e})") from None
+            if _accept(rec, required, optional, stats, on_missing, path):
+                yield rec
 
 
 def _iter_parquet(path, required, optional, stats, on_missing):
@@ -432,13 +437,8 @@ def _iter_parquet(path, required, optional, stats, on_missing):
             line += 1  # the row number stands in for a line
             stats.rows += 1
             rec = _make_record(path, line, row)
-            if not _check_required(rec, required, stats, on_missing, path):
-                continue
-            for key in optional:
-                if is_missing(rec.get(key)):
-                    stats.missing[key] += 1
-            stats.yielded += 1
-            yield rec
+            if _accept(rec, required, optional, stats, on_missing, path):
+                yield rec
 
 
 def iter_corpus(path: str) -> Iterator[Tuple[str, Dict[str, Any]]]:

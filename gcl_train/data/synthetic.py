@@ -42,13 +42,13 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..fileio import atomic_write
 from .marqo_gs import QUERY_KEY_SEPARATOR, SPLITS
 
 CATEGORIES = (
@@ -102,19 +102,6 @@ class SyntheticInfo:
     bytes: int
     seconds: float
     files: List[str] = field(default_factory=list)
-
-
-def _atomic_text(path: str, write) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _check_int(name, v, lo):
@@ -316,16 +303,7 @@ def render_image(products: Dict[str, np.ndarray], i: int, size: int, seed: int =
 
 
 def _write_png(img, path: str) -> None:
-    d = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=".img.", suffix=".png", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format="PNG", optimize=False, compress_level=6)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: img.save(f, format="PNG", optimize=False, compress_level=6), binary=True)
 
 
 # ----------------------------------------------------------------------------------------
@@ -507,7 +485,7 @@ def write_dataset(
                 f.write(("" if n == 0 else ",\n") + json.dumps(pid) + ": " + json.dumps(doc))
             f.write("}\n")
 
-        _atomic_text(path, write_corpus)
+        atomic_write(path, write_corpus)
         files.append(path)
 
     rows: Dict[str, int] = {}
@@ -522,7 +500,7 @@ def write_dataset(
             for r in world.split_rows(split):
                 w.writerow([("" if r[h] is None else repr(r[h]) if isinstance(r[h], float) else r[h]) for h in HEADER])
 
-        _atomic_text(path, write_split)
+        atomic_write(path, write_split)
         files.append(path)
         sel = world.split_pairs(split)
         rows[split] = len(sel)
@@ -547,12 +525,12 @@ def write_dataset(
                 ranked = sorted(per_q[qids[t]], key=lambda x: -x[0])
                 gt[queries[qids[t]][0] + QUERY_KEY_SEPARATOR] = {pid: r for r, pid in ranked}
             gpath = os.path.join(root, f"{split}_gt_{which}.json")
-            _atomic_text(gpath, lambda f, gt=gt: json.dump(gt, f))
+            atomic_write(gpath, lambda f, gt=gt: json.dump(gt, f))
             files.append(gpath)
             gt_counts.setdefault(split, {})[which] = len(gt)
         qpath = os.path.join(root, f"{split}_queries.json")
         qtexts = [queries[q][0] for q in range(len(queries)) if world.query_group[q] == qg and q in per_q]
-        _atomic_text(qpath, lambda f, qtexts=qtexts: json.dump(qtexts, f))
+        atomic_write(qpath, lambda f, qtexts=qtexts: json.dump(qtexts, f))
         files.append(qpath)
 
     if images:
@@ -581,7 +559,7 @@ def write_dataset(
         "importance": IMPORTANCE,
     }
     mpath = os.path.join(root, "synthetic_meta.json")
-    _atomic_text(mpath, lambda f: json.dump(meta, f, indent=1))
+    atomic_write(mpath, lambda f: json.dump(meta, f, indent=1))
     files.append(mpath)
     total = 0
     for dirpath, _, fns in os.walk(root):

@@ -19,20 +19,22 @@ Prints a table and appends one CSV row per build to benchmarks/results/build_sm9
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as _dt
 import json
 import os
 import platform
 import re
-import shlex
 import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+for _p in (ROOT, HERE):  # the package, and benchmarks/_common.py when imported as a module
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+from _common import append_csv, check_csv_header, command_line, git_revision  # noqa: E402
+
 os.environ.pop("TRITON_INTERPRET", None)  # the compiler, not the interpreter
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "build_sm90.csv")
@@ -138,14 +140,6 @@ def run(kernels, dtype: str, fields, groups_opts, all_configs: bool):
     return rows
 
 
-def _git() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "-"
-
-
 def _parse_fields(text: str):
     out = []
     for part in text.split(","):
@@ -176,6 +170,8 @@ def main(argv=None) -> int:
     except ImportError as e:
         raise SystemExit(f"needs Triton with its NVIDIA backend: {e}")
 
+    if not a.json:
+        check_csv_header(RESULTS, COLUMNS)
     rows = []
     for f_l, f_r in _parse_fields(a.fields):
         groups = {"yes": [True], "no": [False]}.get(a.groups, [(f_l, f_r) != (1, 1)])
@@ -184,7 +180,8 @@ def main(argv=None) -> int:
         print("RESULT " + json.dumps(rows))
         return 0 if all(r["status"] == "ok" for r in rows) else 1
 
-    print(f"sm_90 builds with Triton {triton.__version__} (python {platform.python_version()}, git {_git()})")
+    print(f"sm_90 builds with Triton {triton.__version__} (python {platform.python_version()}, "
+          f"git {git_revision() or '-'})")
     hdr = f"{'kernel':6} {'dtype':5} {'F':4} {'grp':4} {'tile':9} {'BK':>3} {'D_OUT':>5} {'w,s':>4} " \
           f"{'regs':>4} {'spill':>5} {'HGMMA':>5}  status"
     print(hdr)
@@ -195,17 +192,10 @@ def main(argv=None) -> int:
               f"{r['bk']!s:>3} {r['d_out']!s:>5} {r['warps']},{r['stages']:<2} {r['regs']!s:>4} "
               f"{r['spill_bytes']!s:>5} {r['hgmma']!s:>5}  {r['status']}")
     meta = dict(timestamp=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
-                triton=triton.__version__, python=platform.python_version(), git=_git(),
-                command=" ".join(shlex.quote(x) for x in ["benchmarks/build_sm90.py"] + sys.argv[1:]))
-    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    new = not os.path.exists(RESULTS)
-    with open(RESULTS, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        if new:
-            w.writeheader()
-        for r in rows:
-            w.writerow({**meta, **r})
-    print(f"appended {len(rows)} rows to {RESULTS}")
+                triton=triton.__version__, python=platform.python_version(),
+                git=git_revision() or "-", command=command_line(argv, start=ROOT))
+    n = append_csv(RESULTS, COLUMNS, [{**meta, **r} for r in rows])
+    print(f"appended {n} rows to {RESULTS}")
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 
 

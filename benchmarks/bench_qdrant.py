@@ -6,6 +6,9 @@ i.i.d. Gaussian vectors), queries from the same model, weights title 0.1 / image
 Implementations, named in one place (IMPLS):
 
     edge-hnsw   MultiFieldIndex on the embedded Qdrant Edge store, HNSW on the concatenated vector
+    edge-raw    the engine call alone: the same store's EdgeShard.query with the vector and
+                parameters edge-hnsw sends (built outside the timer), timed interleaved with
+                edge-hnsw query by query; plugin overhead = edge-hnsw / edge-raw
     edge-exact  the same store, exact=True (a full scan inside Qdrant)
     local       MultiFieldIndex on qdrant-client local mode (pure Python/numpy, exact)
     numpy       brute force: one float32 matrix-vector product and a partial sort
@@ -42,7 +45,7 @@ from qdrant_plugin import MultiFieldIndex
 from qdrant_plugin.schema import DEFAULT_HNSW_EF_CONSTRUCT, DEFAULT_HNSW_M
 from qdrant_plugin.synth import latent_embeddings
 
-IMPLS = ("edge-hnsw", "edge-exact", "local", "numpy")
+IMPLS = ("edge-hnsw", "edge-raw", "edge-exact", "local", "numpy")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_qdrant.csv")
 COLUMNS = [
     "timestamp", "impl", "n_docs", "fields", "dim", "latent_dim", "noise", "weights", "hnsw_m",
@@ -113,6 +116,46 @@ def time_index(index: MultiFieldIndex, queries: Dict[str, np.ndarray], weights, 
         lat.append(time.perf_counter() - t)
         found.append([int(h.id) for h in hits])
     return lat, found
+
+
+def time_paired(index: MultiFieldIndex, queries: Dict[str, np.ndarray], weights, n_q: int, ef: int):
+    """edge-hnsw and edge-raw latencies, interleaved in one process on one store.
+
+    At step i the plugin answers query i and the raw engine call query (i + n/2) mod n, in
+    alternating order: every query is run once by each, and neither call follows the same
+    query (whose graph path would still be in the CPU caches) by the other.
+    Returns (plugin latencies, raw latencies, plugin ids, raw ids, median per-query ratio).
+    """
+    import qdrant_edge as qe
+
+    from qdrant_plugin.schema import ID_KEY
+
+    shard = index.backend.shard
+    qs = [{f: v[i] for f, v in queries.items()} for i in range(n_q)]
+    rows = [index._plan(q, weights, batch=False)[1][0].tolist() for q in qs]
+    using = index.schema.main_vector
+    params = qe.SearchParams(hnsw_ef=max(ef, 10), exact=False)
+
+    def raw(i):
+        req = qe.QueryRequest(limit=10, query=qe.Query.Nearest(rows[i], using=using), filter=None,
+                              params=params, with_payload=True, with_vector=False)
+        return [int(p.payload[ID_KEY]) for p in shard.query(req)]
+
+    def plug(i):
+        return [int(h.id) for h in index.search(qs[i], field_weights=weights, limit=10, ef=ef)]
+
+    for i in range(min(20, n_q)):
+        plug(i), raw(i)
+    lat = {"p": [0.0] * n_q, "r": [0.0] * n_q}
+    found = {"p": [None] * n_q, "r": [None] * n_q}
+    for i in range(n_q):
+        calls = [("p", plug, i), ("r", raw, (i + n_q // 2) % n_q)]
+        for k, fn, j in (calls if i % 2 == 0 else calls[::-1]):
+            t = time.perf_counter()
+            found[k][j] = fn(j)
+            lat[k][j] = time.perf_counter() - t
+    ratio = float(np.median(np.asarray(lat["p"]) / np.asarray(lat["r"])))
+    return lat["p"], lat["r"], found["p"], found["r"], ratio
 
 
 def ingest(index: MultiFieldIndex, docs: Dict[str, np.ndarray], batch: int) -> Dict[str, float]:
@@ -197,7 +240,7 @@ def main(argv=None) -> int:
                     found.append(top.tolist())
                 emit("numpy", {**latency_stats(lat), "recall_at_10": recall(found, truth), "n_queries": a.queries})
 
-            if "edge-hnsw" in impls or "edge-exact" in impls:
+            if {"edge-hnsw", "edge-raw", "edge-exact"} & set(impls):
                 path = os.path.join(work, f"edge_{n}_m{a.m}_efc{a.ef_construct}_l{a.latent_dim}_s{a.noise}")
                 if a.reuse and a.workdir and os.path.isdir(path):
                     idx = MultiFieldIndex(path, "bench", fields, hnsw_m=a.m, hnsw_ef_construct=a.ef_construct)
@@ -211,8 +254,17 @@ def main(argv=None) -> int:
                     ing = ingest(idx, docs, a.batch)
                     print(f"# edge ingest: upsert {ing['upsert_s']:.1f}s + build {ing['build_s']:.1f}s", flush=True)
                 common = {**ing, "hnsw_m": a.m, "hnsw_ef_construct": a.ef_construct}
-                if "edge-hnsw" in impls:
-                    for ef in efs:
+                for ef in efs:
+                    if "edge-raw" in impls:
+                        lat, lat_raw, found, found_raw, ratio = time_paired(idx, queries, weights, a.queries, ef)
+                        if "edge-hnsw" in impls:
+                            emit("edge-hnsw", {**common, **latency_stats(lat), "ef": ef,
+                                               "recall_at_10": recall(found, truth), "n_queries": a.queries})
+                        emit("edge-raw", {**common, **latency_stats(lat_raw), "ef": ef,
+                                          "recall_at_10": recall(found_raw, truth), "n_queries": a.queries})
+                        print(f"{'':>10} ef={ef}: plugin / raw engine call, median per-query ratio {ratio:.2f}",
+                              flush=True)
+                    elif "edge-hnsw" in impls:
                         lat, found = time_index(idx, queries, weights, a.queries, ef=ef)
                         emit("edge-hnsw", {**common, **latency_stats(lat), "ef": ef,
                                            "recall_at_10": recall(found, truth), "n_queries": a.queries})

@@ -36,6 +36,7 @@ from .vectors import (
     doc_vectors,
     query_fields,
     weighted_query,
+    weighted_row,
 )
 
 # Points per backend request: bounds the size of one REST body / one WAL record.
@@ -302,6 +303,10 @@ class MultiFieldIndex:
     def _plan(self, query: Any, field_weights: Any, batch: bool) -> Tuple[str, np.ndarray, float]:
         """(named vector, query rows, score multiplier) for a search."""
         s = self.schema
+        if not batch and s.mode == "weighted" and len(s.fields) > 1:
+            row = weighted_row(s, query, field_weights)
+            if row is not None:
+                return s.main_vector, row, 1.0
         q, shared = query_fields(s, query, batch)
         if len(s.fields) == 1:
             (f,) = s.field_names
@@ -348,7 +353,9 @@ class MultiFieldIndex:
             for hits in raw:
                 res = []
                 for pid, score, payload in hits:
-                    doc = payload.pop(ID_KEY, pid)
+                    doc = payload.pop(ID_KEY, None)
+                    if doc is None:
+                        doc = pid() if callable(pid) else pid
                     res.append(Hit(doc, score * scale, payload))
                 out.append(res)
         return out

@@ -45,6 +45,20 @@ def unit_rows(arg: str, value: Any, dim: int, rows: Optional[int] = None) -> np.
     if rows is not None and arr.shape[0] != rows:
         raise ValueError(f"{arg}: expected {rows} rows (one per id), got {arr.shape[0]}")
     a64 = arr.astype(np.float64)
+    if a64.shape[0] == 1:
+        # One row (every single-query search): scalar arithmetic instead of five array
+        # ops, about 3x cheaper, same result to the bit.
+        sq1 = float(a64[0] @ a64[0])
+        if not math.isfinite(sq1):
+            raise ValueError(f"{arg}: rows [0] contain NaN or inf (1 of 1 rows)")
+        norm = math.sqrt(sq1)
+        if norm < MIN_NORM:
+            raise ValueError(
+                f"{arg}: rows [0] are zero vectors (norm < {MIN_NORM}); a zero vector has no "
+                f"direction to compare"
+            )
+        a64 /= norm
+        return a64.astype(np.float32)
     # One pass: a NaN or inf anywhere in a row makes its squared norm non-finite
     # (float32 inputs cannot overflow float64 squares).
     sq = np.einsum("ij,ij->i", a64, a64)
@@ -320,6 +334,67 @@ def weighted_query(schema: IndexSchema, q: Mapping[str, np.ndarray], w: Mapping[
         if f in w:
             out[:, start:start + d] = q[f] * np.float32(w[f])
         start += d
+    return out
+
+
+def weighted_row(schema: IndexSchema, query: Any, field_weights: Any) -> Optional[np.ndarray]:
+    """The weighted query row of one plain search, or None where the validating path must decide.
+
+    Same result to the bit as ``weighted_query(schema, *query_fields(...), check_field_weights(...))``
+    for the common call (a dict of 1-D numpy vectors, a dict of int/float weights or None, every
+    vector finite and non-zero); anything else returns None, and ``MultiFieldIndex`` then runs
+    the full checks, which raise the error. It exists because the general path costs about
+    twice as much per query: each search runs it right after the engine has evicted the CPU
+    caches, where every numpy call and Python check is several times slower than in a loop.
+
+    Shape:
+        query[f]: [D_f]; returns [1, sum_f D_f] float32.
+    """
+    if type(query) is not dict or not query:
+        return None
+    if field_weights is None:
+        equal = 1.0 / len(query)
+        weights = dict.fromkeys(query, equal)
+    elif type(field_weights) is dict:
+        weights = {}
+        dims = schema.dims
+        for f, w in field_weights.items():
+            if (type(w) is not float and type(w) is not int) or f not in dims:
+                return None
+            w = float(w)
+            if not (0.0 <= w < math.inf):
+                return None
+            if w > 0:
+                if f not in query:
+                    return None
+                weights[f] = w
+        if not weights:
+            return None
+    else:
+        return None
+    if len(weights) == 1 and schema.index_fields:
+        return None
+    out = np.zeros((1, schema.main_dim), dtype=np.float32)
+    start = seen = 0
+    for f, d in schema.fields:
+        v = query.get(f)
+        if v is not None:
+            seen += 1
+            if type(v) is not np.ndarray or v.shape != (d,) or v.dtype.kind != "f":
+                return None
+            a64 = (v if v.dtype == np.float32 else v.astype(np.float32)).astype(np.float64)
+            sq = float(a64 @ a64)
+            if not math.isfinite(sq):
+                return None
+            norm = math.sqrt(sq)
+            if norm < MIN_NORM:
+                return None
+            if f in weights:
+                a64 /= norm
+                out[0, start:start + d] = a64.astype(np.float32) * np.float32(weights[f])
+        start += d
+    if seen != len(query):
+        return None
     return out
 
 

@@ -421,3 +421,64 @@ def test_location_that_is_a_file(tmp_path):
     p.write_text("x")
     with pytest.raises(ValueError, match="not a directory"):
         MultiFieldIndex(str(p), "c", FIELDS)
+
+
+def test_weighted_row_is_the_general_path_to_the_bit():
+    # The single-query fast path must give the validating path's query row exactly, and
+    # hand every irregular call (which the validating path refuses or treats specially) back.
+    from qdrant_plugin.schema import IndexSchema
+    from qdrant_plugin.vectors import check_field_weights, query_fields, weighted_query, weighted_row
+
+    rng = np.random.default_rng(3)
+    fast_hits = fallbacks = 0
+    for _ in range(400):
+        dims = {f"f{i}": int(rng.integers(1, 9)) for i in range(int(rng.integers(2, 4)))}
+        schema = IndexSchema.build(dims, "weighted", None, 16, 64, bool(rng.integers(0, 2)))
+        names = list(dims)
+        sub = [f for f in names if rng.random() < 0.7] or names[:1]
+        dtype = (np.float32, np.float64, np.int64)[int(rng.integers(0, 3))]
+        scale = 10 ** rng.uniform(-5, 5)
+        query = {f: (rng.standard_normal(dims[f]) * scale).astype(dtype) for f in sub}
+        if rng.random() < 0.1:
+            query[sub[0]] = np.zeros(dims[sub[0]], dtype)
+        if rng.random() < 0.1:
+            query[sub[0]] = query[sub[0]].tolist()
+        weights = None if rng.random() < 0.3 else {
+            f: (0, 1, 0.25, 3.5, -1.0, np.float64(0.5), float("nan"))[int(rng.integers(0, 7))]
+            for f in names if rng.random() < 0.8}
+        fast = weighted_row(schema, query, weights)
+        try:
+            q, _ = query_fields(schema, query, False)
+            w = check_field_weights(schema, weights, list(q))
+            ref = None if (len(w) == 1 and schema.index_fields) else weighted_query(schema, q, w)
+        except ValueError:
+            ref = None
+        if fast is None:
+            fallbacks += 1
+        else:
+            fast_hits += 1
+            assert ref is not None and fast.dtype == ref.dtype and np.array_equal(fast, ref)
+    assert fast_hits > 50 and fallbacks > 50  # both branches were exercised
+
+
+def test_edge_hit_id_falls_back_to_the_point_id(tmp_path, data):
+    # The embedded backend hands out point ids lazily; a point without the id payload key
+    # (not written by this plugin) still comes back under its point id.
+    import uuid
+
+    from qdrant_plugin.ids import point_ids
+    from qdrant_plugin.vectors import doc_vectors
+
+    ids, docs, _, _ = data
+    idx = _open("edge", tmp_path)
+    idx.upsert(ids[:5], {f: v[:5] for f, v in docs.items()})
+    vecs, mask = doc_vectors(idx.schema, {f: v[5:6] for f, v in docs.items()}, 1)
+    foreign = str(uuid.UUID(int=12345))
+    idx.backend.upsert([foreign], vecs, mask, [{"note": "no id key"}])
+    q = {f: docs[f][5] for f in FIELDS}
+    hits = idx.search(q, limit=6, exact=True)
+    assert hits[0].id == foreign and hits[0].payload == {"note": "no id key"}
+    assert sorted(h.id for h in hits[1:]) == sorted(ids[:5])
+    raw = idx.backend.query(idx.schema.main_vector, np.ones((1, 32), np.float32), 6, None, True, 10)
+    assert sorted(pid() for pid, _, _ in raw[0]) == sorted([foreign] + point_ids(ids[:5]))
+    idx.close()

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ..schema import IndexSchema
 
-# (point id, score, payload) per hit, one list per query.
-RawHits = List[List[Tuple[str, float, Dict[str, Any]]]]
+# (point id, score, payload) per hit, one list per query. The point id may come as a
+# zero-argument callable returning it: qdrant-edge builds a uuid.UUID object on every id
+# access (about half the cost of turning a hit into Python), and the caller never needs it
+# when the payload carries the document id.
+RawHits = List[List[Tuple[Union[str, Callable[[], str]], float, Dict[str, Any]]]]
 
 PAYLOAD_INDEX_KINDS = ("keyword", "integer", "float", "bool")
 

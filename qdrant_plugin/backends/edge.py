@@ -86,6 +86,12 @@ def edge_config(schema: IndexSchema) -> Any:
     )
 
 
+def _point_id_of(point) -> Any:
+    """``str(point.id)``, deferred: a function rather than an inline lambda so that each
+    callable captures its own point, not the comprehension's last one."""
+    return lambda: str(point.id)
+
+
 class EdgeBackend(Backend):
     kind = "edge"
 
@@ -184,7 +190,9 @@ class EdgeBackend(Backend):
             results = [self.shard.query(reqs[0])]
         else:
             results = self.shard.query_batch(qe.QueryBatchRequest(reqs))
-        return [[(str(p.id), float(p.score), dict(p.payload or {})) for p in res] for res in results]
+        # p.id is read only if asked for (see RawHits): building the UUID costs more than the
+        # rest. p.payload is a fresh dict on every access, so it needs no copy.
+        return [[(_point_id_of(p), float(p.score), p.payload or {}) for p in res] for res in results]
 
     def count(self, flt=None) -> int:
         qe = _qe()

@@ -15,6 +15,12 @@ extra named vector (Dot distance):
 
 Per-field vectors serve single-field search in fused mode (and get their own HNSW graph
 with ``index_fields=True``), and come back from ``retrieve(..., with_vectors=True)``.
+
+``quantization="int8"`` (opt-in) also keeps an int8 copy of the main vector (``_concat``,
+``_fused``, or a one-field collection's field): the graph search compares int8 codes,
+then ``oversampling x limit`` candidates are rescored with the float32 vectors, so the
+returned scores are still exact and only the candidate set can differ. Per-field graphs
+(``index_fields=True``) stay float32.
 """
 
 from __future__ import annotations
@@ -28,7 +34,14 @@ from .backends.base import PAYLOAD_INDEX_KINDS
 from .errors import CollectionNotFoundError, SchemaMismatchError
 from .filters import to_filter
 from .ids import point_ids
-from .schema import DEFAULT_HNSW_EF, ID_KEY, IndexSchema, validate_fields
+from .schema import (
+    DEFAULT_HNSW_EF,
+    DEFAULT_OVERSAMPLING,
+    ID_KEY,
+    IndexSchema,
+    validate_fields,
+    validate_oversampling,
+)
 from .vectors import (
     check_field_weights,
     check_ids,
@@ -81,7 +94,14 @@ class MultiFieldIndex:
         hnsw_m, hnsw_ef_construct: HNSW graph parameters (fixed at creation).
         index_fields: also build an HNSW graph per field (single-field search without the
             concatenated graph; costs build time).
+        quantization: None (default: unquantised on create, the stored setting on reopen),
+            ``"int8"`` (int8 scalar quantisation of the main vector: +1 byte per dimension
+            per point, ~3x faster graph search at 100k docs, see docs/qdrant.md), or
+            ``"none"`` (insist on an unquantised store). Fixed at creation. qdrant-client
+            local mode stores the setting but searches exactly, so it has no effect there.
         ef: default HNSW beam width at search time.
+        oversampling: default candidates per hit rescored after a quantised search
+            (a number >= 1; ignored without quantisation and by ``exact=True``).
         api_key, timeout, retries, backoff: for a server: API key (never logged), request
             timeout in seconds, retries of transient failures, first backoff delay in seconds.
         write_batch_size: points per write request.
@@ -108,7 +128,9 @@ class MultiFieldIndex:
         hnsw_m: Optional[int] = None,
         hnsw_ef_construct: Optional[int] = None,
         index_fields: Optional[bool] = None,
+        quantization: Optional[str] = None,
         ef: int = DEFAULT_HNSW_EF,
+        oversampling: float = DEFAULT_OVERSAMPLING,
         api_key: Optional[str] = None,
         timeout: float = 10.0,
         retries: int = 3,
@@ -116,6 +138,7 @@ class MultiFieldIndex:
         write_batch_size: int = DEFAULT_WRITE_BATCH,
     ):
         self.ef = _check_int("ef", ef)
+        self.oversampling = validate_oversampling(oversampling)
         self.write_batch_size = _check_int("write_batch_size", write_batch_size)
         self._backend: Optional[Backend] = None
         backend = open_backend(location, collection, api_key=api_key, timeout=timeout,
@@ -126,6 +149,7 @@ class MultiFieldIndex:
                 "mode": mode is not None, "fused_weights": fused_weights is not None,
                 "hnsw_m": hnsw_m is not None, "hnsw_ef_construct": hnsw_ef_construct is not None,
                 "index_fields": index_fields is not None,
+                "quantization": quantization is not None,
             }
             if stored is None:
                 if fields is None:
@@ -134,7 +158,7 @@ class MultiFieldIndex:
                         f"fields={{name: dim, ...}} to create it"
                     )
                 schema = IndexSchema.build(fields, mode or "weighted", fused_weights, hnsw_m,
-                                           hnsw_ef_construct, index_fields)
+                                           hnsw_ef_construct, index_fields, quantization)
                 backend.create(schema)
             else:
                 if mode is not None and mode != stored.mode:
@@ -158,6 +182,7 @@ class MultiFieldIndex:
                     stored.hnsw_m if hnsw_m is None else hnsw_m,
                     stored.hnsw_ef_construct if hnsw_ef_construct is None else hnsw_ef_construct,
                     stored.index_fields if index_fields is None else index_fields,
+                    stored.quantization if quantization is None else quantization,
                 )
                 requested.check_compatible(stored, collection, explicit)
                 schema = stored
@@ -341,15 +366,18 @@ class MultiFieldIndex:
             return f, q[f], w[f]
         return s.main_vector, weighted_query(s, q, w), 1.0
 
-    def _run(self, using, rows, scale, limit, filter, exact, ef) -> List[List[Hit]]:
+    def _run(self, using, rows, scale, limit, filter, exact, ef, oversampling) -> List[List[Hit]]:
         limit = _check_int("limit", limit)
         ef = self.ef if ef is None else _check_int("ef", ef)
         if not isinstance(exact, bool):
             raise ValueError(f"exact: expected True or False, got {exact!r}")
+        osr = self.oversampling if oversampling is None else validate_oversampling(oversampling)
+        if using != self.schema.quantized_vector:
+            osr = None  # tells the backend this vector has no quantised copy
         flt = to_filter(filter)
         out: List[List[Hit]] = []
         for s in range(0, rows.shape[0], QUERY_BATCH):
-            raw = self.backend.query(using, rows[s:s + QUERY_BATCH], limit, flt, exact, max(ef, limit))
+            raw = self.backend.query(using, rows[s:s + QUERY_BATCH], limit, flt, exact, max(ef, limit), osr)
             for hits in raw:
                 res = []
                 for pid, score, payload in hits:
@@ -368,6 +396,7 @@ class MultiFieldIndex:
         filter: Any = None,
         exact: bool = False,
         ef: Optional[int] = None,
+        oversampling: Optional[float] = None,
     ) -> List[Hit]:
         """The top ``limit`` documents by ``sum_f w_f * cos(q_f, d_f)``.
 
@@ -379,14 +408,17 @@ class MultiFieldIndex:
             limit: number of hits.
             filter: payload filter: ``{"key": value}``, ``{"key": [v1, v2]}``,
                 ``{"key": {"gte": a, "lt": b}}``, or a ``qdrant_client.models.Filter``.
-            exact: scan every document instead of the HNSW graph.
+            exact: scan every document (float32 vectors, quantised copies unused) instead
+                of the HNSW graph.
             ef: HNSW beam width for this call (default: the index's ``ef``).
+            oversampling: quantised index only: candidates per hit rescored with the
+                float32 vectors for this call (default: the index's ``oversampling``).
 
         Returns:
             ``[Hit(id, score, payload)]`` by decreasing score.
         """
         using, rows, scale = self._plan(query, field_weights, batch=False)
-        return self._run(using, rows, scale, limit, filter, exact, ef)[0]
+        return self._run(using, rows, scale, limit, filter, exact, ef, oversampling)[0]
 
     def search_batch(
         self,
@@ -396,6 +428,7 @@ class MultiFieldIndex:
         filter: Any = None,
         exact: bool = False,
         ef: Optional[int] = None,
+        oversampling: Optional[float] = None,
     ) -> List[List[Hit]]:
         """``search`` for Q queries at once (one planned request per 256 queries).
 
@@ -403,4 +436,4 @@ class MultiFieldIndex:
             queries: ``{field: [Q, D_f]}`` or ``[Q, D]``; returns Q hit lists.
         """
         using, rows, scale = self._plan(queries, field_weights, batch=True)
-        return self._run(using, rows, scale, limit, filter, exact, ef)
+        return self._run(using, rows, scale, limit, filter, exact, ef, oversampling)

@@ -81,8 +81,14 @@ class Backend(abc.ABC):
         flt: Any,
         exact: bool,
         ef: Optional[int],
+        oversampling: Optional[float] = None,
     ) -> RawHits:
-        """Top ``limit`` points by dot product with each row of ``vectors`` on named vector ``using``."""
+        """Top ``limit`` points by dot product with each row of ``vectors`` on named vector ``using``.
+
+        ``oversampling`` is given (a number >= 1) only when ``using`` has a quantised copy:
+        search the quantised vectors for ``oversampling * limit`` candidates and rescore
+        them with the originals; with ``exact`` the quantised copy is ignored.
+        """
 
     @abc.abstractmethod
     def count(self, flt: Any = None) -> int: ...

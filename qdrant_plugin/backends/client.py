@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import ForeignCollectionError, QdrantUnavailableError, SchemaMismatchError
 from ..retry import RetryPolicy, call_with_retry
-from ..schema import IndexSchema
+from ..schema import SCALAR_QUANTILE, IndexSchema
 from .base import Backend, RawHits, RawRecord
 from .edge import check_collection_name
 
@@ -145,12 +145,18 @@ class ClientBackend(Backend):
     def create(self, schema: IndexSchema) -> None:
         from qdrant_client import models
 
+        quant = None
+        if schema.quantization == "int8":
+            # always_ram rather than the newer memory=Pinned: older servers know only always_ram.
+            quant = models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
+                type=models.ScalarType.INT8, quantile=SCALAR_QUANTILE, always_ram=True))
         vectors = {}
         for name, dim in schema.vector_dims().items():
             graphed = name == schema.main_vector or schema.index_fields
             vectors[name] = models.VectorParams(
                 size=dim, distance=models.Distance.DOT,
                 hnsw_config=None if graphed else models.HnswConfigDiff(m=0),
+                quantization_config=quant if name == schema.quantized_vector else None,
             )
         c = self.collection
         try:
@@ -195,11 +201,18 @@ class ClientBackend(Backend):
         c = self.collection
         self._call(f"upsert {len(points)} points", lambda: self.client.upsert(c, points=points, wait=True))
 
-    def query(self, using, vectors, limit, flt, exact, ef) -> RawHits:
+    def query(self, using, vectors, limit, flt, exact, ef, oversampling=None) -> RawHits:
         from qdrant_client import models
 
-        # Local mode is always an exact scan and warns about search params it ignores.
-        params = None if self.kind == "local" else models.SearchParams(hnsw_ef=ef, exact=bool(exact))
+        # Local mode is always an exact scan (float32, quantisation unused) and warns about
+        # search params it ignores.
+        params = None
+        if self.kind != "local":
+            quant = None
+            if oversampling is not None:
+                quant = (models.QuantizationSearchParams(ignore=True) if exact else
+                         models.QuantizationSearchParams(rescore=True, oversampling=float(oversampling)))
+            params = models.SearchParams(hnsw_ef=ef, exact=bool(exact), quantization=quant)
         reqs = [
             models.QueryRequest(query=row, using=using, limit=limit, filter=flt, params=params,
                                 with_payload=True, with_vector=False)

@@ -24,7 +24,7 @@ import numpy as np
 from .._io import DirLock, atomic_write_json, read_json
 from ..errors import ForeignCollectionError, SchemaMismatchError
 from ..filters import to_edge_filter
-from ..schema import IndexSchema
+from ..schema import SCALAR_QUANTILE, IndexSchema
 from .base import Backend, RawHits, RawRecord
 
 SCHEMA_FILE = "gcl_schema.json"
@@ -69,11 +69,19 @@ def edge_config(schema: IndexSchema) -> Any:
     no_graph = qe.HnswIndexConfig(
         m=0, ef_construct=schema.hnsw_ef_construct, full_scan_threshold=FULL_SCAN_THRESHOLD_KB
     )
+    quant = None
+    if schema.quantization == "int8":
+        # Pinned: the codes are what every graph hop reads; evicting them would make the
+        # search read pages back from disk.
+        quant = qe.ScalarQuantizationConfig(
+            type=qe.ScalarType.Int8, quantile=SCALAR_QUANTILE, memory=qe.Memory.Pinned
+        )
     vectors = {}
     for name, dim in schema.vector_dims().items():
         graphed = name == schema.main_vector or schema.index_fields
         vectors[name] = qe.EdgeVectorParams(
-            size=dim, distance=qe.Distance.Dot, hnsw_config=None if graphed else no_graph
+            size=dim, distance=qe.Distance.Dot, hnsw_config=None if graphed else no_graph,
+            quantization_config=quant if name == schema.quantized_vector else None,
         )
     return qe.EdgeConfig(
         vectors=vectors,
@@ -84,6 +92,16 @@ def edge_config(schema: IndexSchema) -> Any:
             default_segment_number=1, indexing_threshold=INDEXING_THRESHOLD_KB
         ),
     )
+
+
+def edge_quantization_params(exact: bool, oversampling: Optional[float]) -> Any:
+    """Search parameters for a vector with a quantised copy (None when it has none)."""
+    if oversampling is None:
+        return None
+    qe = _qe()
+    if exact:
+        return qe.QuantizationSearchParams(ignore=True)
+    return qe.QuantizationSearchParams(rescore=True, oversampling=float(oversampling))
 
 
 def _point_id_of(point) -> Any:
@@ -171,10 +189,11 @@ class EdgeBackend(Backend):
             pts.append(qe.Point(pid, vec, payloads[i]))
         self.shard.update(qe.UpdateOperation.upsert_points(pts))
 
-    def query(self, using, vectors, limit, flt, exact, ef) -> RawHits:
+    def query(self, using, vectors, limit, flt, exact, ef, oversampling=None) -> RawHits:
         qe = _qe()
         ef_filter = to_edge_filter(flt)
-        params = qe.SearchParams(hnsw_ef=ef, exact=bool(exact))
+        params = qe.SearchParams(hnsw_ef=ef, exact=bool(exact),
+                                 quantization=edge_quantization_params(exact, oversampling))
         reqs = [
             qe.QueryRequest(
                 limit=limit,

@@ -20,8 +20,8 @@
 #   profile      per-kernel CUDA times and the autotuned configs at B=32768, D=768, F=1
 #   summary      markdown table and the targets, from this run's CSV rows
 #                                                                      -> <RUN_ID>.md, <RUN_ID>.csv
-# Before going offline, once:  pip download inf-cl tqdm --no-deps -d benchmarks/wheels
-# (benchmarks/wheels is not tracked by git: name it in the device tool's `carry`).
+# The inf_cl wheel is tracked in benchmarks/wheels (pure Python); tqdm is on the GPU image.
+# Another version: pip download inf-cl --no-deps -d benchmarks/wheels (then git add -f it).
 #
 # Environment knobs (defaults = the grid):
 #   RUN_ID  (gpu-<date>)   SIZES (8192,16384,32768,65536)   DIMS (512,768,1024)

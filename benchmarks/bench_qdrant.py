@@ -10,6 +10,13 @@ Implementations, named in one place (IMPLS):
                 parameters edge-hnsw sends (built outside the timer), timed interleaved with
                 edge-hnsw query by query; plugin overhead = edge-hnsw / edge-raw
     edge-exact  the same store, exact=True (a full scan inside Qdrant)
+    edge-hnsw-int8
+                MultiFieldIndex(..., quantization="int8") on its own store, built in the same
+                run: the graph walk reads int8 codes of the concatenated vector, then
+                oversampling x 10 candidates are rescored with the float32 vectors
+                (--oversampling, default the plugin's). With edge-raw also selected, it is
+                timed interleaved with its own raw engine call, reported as edge-raw-int8.
+                A non-default --oversampling is appended to the name (edge-hnsw-int8-os1.5).
     local       MultiFieldIndex on qdrant-client local mode (pure Python/numpy, exact)
     numpy       brute force: one float32 matrix-vector product and a partial sort
 
@@ -20,6 +27,7 @@ and recall@10 against exact float64 top-10.
 
     python benchmarks/bench_qdrant.py --sizes 100000
     python benchmarks/bench_qdrant.py --sizes 100000,1000000 --queries 500 --impls edge-hnsw,edge-exact,numpy
+    python benchmarks/bench_qdrant.py --sizes 100000 --ef 48,64,80,96 --impls edge-hnsw-int8,edge-raw
 
 Prints a table and appends one CSV row per (size, implementation, ef) to
 benchmarks/results/bench_qdrant.csv with the machine, versions, load average, the
@@ -42,10 +50,10 @@ from typing import Dict, List
 import numpy as np
 
 from qdrant_plugin import MultiFieldIndex
-from qdrant_plugin.schema import DEFAULT_HNSW_EF_CONSTRUCT, DEFAULT_HNSW_M
+from qdrant_plugin.schema import DEFAULT_HNSW_EF_CONSTRUCT, DEFAULT_HNSW_M, DEFAULT_OVERSAMPLING
 from qdrant_plugin.synth import latent_embeddings
 
-IMPLS = ("edge-hnsw", "edge-raw", "edge-exact", "local", "numpy")
+IMPLS = ("edge-hnsw", "edge-raw", "edge-exact", "edge-hnsw-int8", "local", "numpy")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_qdrant.csv")
 COLUMNS = [
     "timestamp", "impl", "n_docs", "fields", "dim", "latent_dim", "noise", "weights", "hnsw_m",
@@ -130,11 +138,15 @@ def time_paired(index: MultiFieldIndex, queries: Dict[str, np.ndarray], weights,
 
     from qdrant_plugin.schema import ID_KEY
 
+    from qdrant_plugin.backends.edge import edge_quantization_params
+
     shard = index.backend.shard
     qs = [{f: v[i] for f, v in queries.items()} for i in range(n_q)]
     rows = [index._plan(q, weights, batch=False)[1][0].tolist() for q in qs]
     using = index.schema.main_vector
-    params = qe.SearchParams(hnsw_ef=max(ef, 10), exact=False)
+    osr = index.oversampling if index.schema.quantization else None
+    params = qe.SearchParams(hnsw_ef=max(ef, 10), exact=False,
+                             quantization=edge_quantization_params(False, osr))
 
     def raw(i):
         req = qe.QueryRequest(limit=10, query=qe.Query.Nearest(rows[i], using=using), filter=None,
@@ -184,6 +196,8 @@ def main(argv=None) -> int:
     ap.add_argument("--m", type=int, default=DEFAULT_HNSW_M)
     ap.add_argument("--ef-construct", type=int, default=DEFAULT_HNSW_EF_CONSTRUCT)
     ap.add_argument("--ef", default="32,64,96,128", help="comma-separated HNSW ef values to sweep")
+    ap.add_argument("--oversampling", type=float, default=DEFAULT_OVERSAMPLING,
+                    help="edge-hnsw-int8: candidates per hit rescored with the float32 vectors")
     ap.add_argument("--impls", default=",".join(IMPLS))
     ap.add_argument("--local-max", type=int, default=100000, help="skip local mode above this size")
     ap.add_argument("--batch", type=int, default=2048, help="documents per upsert call")
@@ -223,7 +237,7 @@ def main(argv=None) -> int:
             def emit(impl, extra):
                 row = {**base, "impl": impl, **extra, "loadavg_end": loadavg()}
                 rows.append(row)
-                print(f"{impl:>10} n={n:<8} ef={str(row.get('ef', '')):>4} "
+                print(f"{impl:>14} n={n:<8} ef={str(row.get('ef', '')):>4} "
                       f"ingest={row.get('ingest_docs_per_s', float('nan')):>9.0f} docs/s "
                       f"(build {row.get('build_s', float('nan')):6.1f}s)  p50={row['p50_ms']:7.3f} ms  "
                       f"p99={row['p99_ms']:7.3f} ms  qps={row['qps']:8.1f}  recall@10={row['recall_at_10']:.4f}",
@@ -240,35 +254,46 @@ def main(argv=None) -> int:
                     found.append(top.tolist())
                 emit("numpy", {**latency_stats(lat), "recall_at_10": recall(found, truth), "n_queries": a.queries})
 
-            if {"edge-hnsw", "edge-raw", "edge-exact"} & set(impls):
-                path = os.path.join(work, f"edge_{n}_m{a.m}_efc{a.ef_construct}_l{a.latent_dim}_s{a.noise}")
+            variants = []  # (quantization, HNSW impl name, raw impl name), one store each
+            if {"edge-hnsw", "edge-exact"} & set(impls) or impls == ["edge-raw"]:
+                variants.append((None, "edge-hnsw", "edge-raw"))
+            if "edge-hnsw-int8" in impls:
+                tag = "" if a.oversampling == DEFAULT_OVERSAMPLING else f"-os{a.oversampling:g}"
+                variants.append(("int8", "edge-hnsw-int8" + tag, "edge-raw-int8" + tag))
+            for quant, hnsw_name, raw_name in variants:
+                path = os.path.join(work, f"edge_{n}_m{a.m}_efc{a.ef_construct}_l{a.latent_dim}_s{a.noise}"
+                                          + (f"_{quant}" if quant else ""))
+                opts = dict(hnsw_m=a.m, hnsw_ef_construct=a.ef_construct, quantization=quant or "none",
+                            oversampling=a.oversampling)
                 if a.reuse and a.workdir and os.path.isdir(path):
-                    idx = MultiFieldIndex(path, "bench", fields, hnsw_m=a.m, hnsw_ef_construct=a.ef_construct)
+                    idx = MultiFieldIndex(path, "bench", fields, **opts)
                     if idx.count() != n:
                         raise SystemExit(f"--reuse: {path} holds {idx.count()} documents, expected {n}")
                     ing = {}
-                    print(f"# edge: reusing {path}", flush=True)
+                    print(f"# {hnsw_name}: reusing {path}", flush=True)
                 else:
                     shutil.rmtree(path, ignore_errors=True)
-                    idx = MultiFieldIndex(path, "bench", fields, hnsw_m=a.m, hnsw_ef_construct=a.ef_construct)
+                    idx = MultiFieldIndex(path, "bench", fields, **opts)
                     ing = ingest(idx, docs, a.batch)
-                    print(f"# edge ingest: upsert {ing['upsert_s']:.1f}s + build {ing['build_s']:.1f}s", flush=True)
+                    print(f"# {hnsw_name} ingest: upsert {ing['upsert_s']:.1f}s + build {ing['build_s']:.1f}s",
+                          flush=True)
                 common = {**ing, "hnsw_m": a.m, "hnsw_ef_construct": a.ef_construct}
+                timed = quant is not None or "edge-hnsw" in impls
                 for ef in efs:
                     if "edge-raw" in impls:
                         lat, lat_raw, found, found_raw, ratio = time_paired(idx, queries, weights, a.queries, ef)
-                        if "edge-hnsw" in impls:
-                            emit("edge-hnsw", {**common, **latency_stats(lat), "ef": ef,
-                                               "recall_at_10": recall(found, truth), "n_queries": a.queries})
-                        emit("edge-raw", {**common, **latency_stats(lat_raw), "ef": ef,
-                                          "recall_at_10": recall(found_raw, truth), "n_queries": a.queries})
-                        print(f"{'':>10} ef={ef}: plugin / raw engine call, median per-query ratio {ratio:.2f}",
-                              flush=True)
-                    elif "edge-hnsw" in impls:
+                        if timed:
+                            emit(hnsw_name, {**common, **latency_stats(lat), "ef": ef,
+                                             "recall_at_10": recall(found, truth), "n_queries": a.queries})
+                        emit(raw_name, {**common, **latency_stats(lat_raw), "ef": ef,
+                                        "recall_at_10": recall(found_raw, truth), "n_queries": a.queries})
+                        print(f"{'':>10} ef={ef}: {hnsw_name} / raw engine call, median per-query ratio "
+                              f"{ratio:.2f}", flush=True)
+                    elif timed:
                         lat, found = time_index(idx, queries, weights, a.queries, ef=ef)
-                        emit("edge-hnsw", {**common, **latency_stats(lat), "ef": ef,
-                                           "recall_at_10": recall(found, truth), "n_queries": a.queries})
-                if "edge-exact" in impls:
+                        emit(hnsw_name, {**common, **latency_stats(lat), "ef": ef,
+                                         "recall_at_10": recall(found, truth), "n_queries": a.queries})
+                if quant is None and "edge-exact" in impls:
                     nq = min(a.slow_queries, a.queries)
                     lat, found = time_index(idx, queries, weights, nq, exact=True)
                     emit("edge-exact", {**common, **latency_stats(lat), "recall_at_10": recall(found, truth[:nq]),

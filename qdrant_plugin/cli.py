@@ -257,6 +257,8 @@ def cmd_ingest(a) -> int:
         kw["hnsw_m"] = a.hnsw_m
     if a.hnsw_ef_construct is not None:
         kw["hnsw_ef_construct"] = a.hnsw_ef_construct
+    if a.quantization is not None:
+        kw["quantization"] = a.quantization
     with _open(a, dims, **kw) as index:
         rep = ingest(index, src, batch_size=a.batch_size, state_dir=a.state_dir, optimize=not a.no_optimize,
                      progress=not a.quiet, checkpoint_seconds=a.checkpoint_seconds)
@@ -290,7 +292,8 @@ def cmd_search(a) -> int:
     else:
         raise ValueError("give query text (with --checkpoint) or --vector PATH.npy")
     with _open(a) as index:
-        hits = index.search(query, field_weights=weights, limit=a.limit, filter=flt, exact=a.exact, ef=a.ef)
+        hits = index.search(query, field_weights=weights, limit=a.limit, filter=flt, exact=a.exact, ef=a.ef,
+                            oversampling=a.oversampling)
     if a.json:
         for h in hits:
             print(json.dumps({"id": h.id, "score": h.score, "payload": h.payload}, ensure_ascii=False))
@@ -392,6 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fused-weights", default=None, help="e.g. image=0.9,title=0.1 (mode fused)")
     p.add_argument("--hnsw-m", type=int, default=None)
     p.add_argument("--hnsw-ef-construct", type=int, default=None)
+    p.add_argument("--quantization", choices=("none", "int8"), default=None,
+                   help="int8: also store int8 codes of the searched vector (faster HNSW search, "
+                        "rescored with the float32 vectors; fixed at creation)")
     p.add_argument("--batch-size", type=int, default=256, help="documents per batch (the unit of resume)")
     p.add_argument("--state-dir", default=None, help="where the resume marker lives (default: next to the store)")
     p.add_argument("--checkpoint-seconds", type=float, default=5.0,
@@ -411,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--filter-json", default=None, help='e.g. \'{"price": {"lt": 50}}\'')
     p.add_argument("--exact", action="store_true", help="exact scan instead of HNSW")
     p.add_argument("--ef", type=int, default=None, help="HNSW beam width")
+    p.add_argument("--oversampling", type=float, default=None,
+                   help="int8 index: candidates per hit rescored with the float32 vectors (default 2)")
     p.add_argument("--json", action="store_true", help="one JSON object per hit")
     p.set_defaults(func=cmd_search)
 

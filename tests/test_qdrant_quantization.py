@@ -243,3 +243,71 @@ def test_bad_oversampling(tmp_path, bad):
         idx.upsert(["a"], {f: np.ones((1, d)) for f, d in FIELDS.items()})
         with pytest.raises(ValueError, match="^oversampling: expected a"):
             idx.search(np.ones(32), limit=1, oversampling=bad)
+
+
+def test_server_requests_carry_the_quantisation(monkeypatch):
+    """No Qdrant server runs here: record what the remote backend would send instead."""
+    from types import SimpleNamespace
+
+    from qdrant_client import models
+
+    from qdrant_plugin.backends.client import ClientBackend
+
+    sent = {}
+    schema = IndexSchema.build({"title": 8, "image": 8}, quantization="int8")
+
+    class Recorder:
+        def create_collection(self, name, **kw):
+            sent["create"] = kw
+
+        def get_collection(self, name):
+            vecs = {k: SimpleNamespace(size=d) for k, d in schema.vector_dims().items()}
+            return SimpleNamespace(config=SimpleNamespace(params=SimpleNamespace(vectors=vecs)))
+
+        def query_batch_points(self, name, requests):
+            sent["requests"] = requests
+            return []
+
+        def close(self):
+            pass
+
+    b = ClientBackend("http://127.0.0.1:6333", "c")
+    b.client = Recorder()
+    b.create(schema)
+    cfg = sent["create"]["vectors_config"]
+    assert cfg["_concat"].quantization_config == models.ScalarQuantization(
+        scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, quantile=0.99, always_ram=True))
+    assert cfg["title"].quantization_config is None and cfg["image"].quantization_config is None
+    row = np.ones((1, 16), np.float32)
+    for exact, osr, want in [
+        (False, 2.0, models.QuantizationSearchParams(rescore=True, oversampling=2.0)),
+        (True, 2.0, models.QuantizationSearchParams(ignore=True)),
+        (False, None, None),  # a vector without a quantised copy
+    ]:
+        b.query("_concat", row, 10, None, exact, 64, osr)
+        params = sent["requests"][0].params
+        assert params.quantization == want and params.exact is exact and params.hnsw_ef == 64
+        sent["requests"][0].model_dump_json()  # a valid REST body
+    b.close()
+
+
+def test_cli_ingest_and_search_with_int8(tmp_path, capsys):
+    from qdrant_plugin.cli import main
+
+    docs = latent_embeddings(60, {"title": 8, "image": 8}, latent_dim=4, noise=0.3, seed=5)
+    for f, v in docs.items():
+        np.save(tmp_path / f"{f}.npy", v)
+    ids = [f"i{k}" for k in range(60)]
+    (tmp_path / "ids.txt").write_text("\n".join(ids))
+    base = ["--store", str(tmp_path / "store"), "--collection", "q", "--quiet"]
+    assert main(["ingest", *base, "--vectors", f"title={tmp_path / 'title.npy'}",
+                 "--vectors", f"image={tmp_path / 'image.npy'}", "--ids", str(tmp_path / "ids.txt"),
+                 "--quantization", "int8"]) == 0
+    with MultiFieldIndex(str(tmp_path / "store"), "q") as idx:
+        assert idx.schema.quantization == "int8"
+    capsys.readouterr()
+    np.save(tmp_path / "q.npy", docs["image"][7])
+    assert main(["search", *base, "--vector", f"image={tmp_path / 'q.npy'}", "--oversampling", "3",
+                 "--limit", "3", "--json"]) == 0
+    hits = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert hits[0]["id"] == "i7" and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)

@@ -213,8 +213,9 @@ class MultiFieldIndex:
 
     def __repr__(self) -> str:
         where = self._backend.describe() if self._backend is not None else "closed"
+        q = "" if self.schema.quantization is None else f", quantization={self.schema.quantization!r}"
         return (f"MultiFieldIndex(collection={self.collection!r}, {where}, fields={self.fields}, "
-                f"mode={self.mode!r})")
+                f"mode={self.mode!r}{q})")
 
     def __enter__(self) -> "MultiFieldIndex":
         return self

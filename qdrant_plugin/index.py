@@ -95,8 +95,9 @@ class MultiFieldIndex:
         index_fields: also build an HNSW graph per field (single-field search without the
             concatenated graph; costs build time).
         quantization: None (default: unquantised on create, the stored setting on reopen),
-            ``"int8"`` (int8 scalar quantisation of the main vector: +1 byte per dimension
-            per point, ~3x faster graph search at 100k docs, see docs/qdrant.md), or
+            ``"int8"`` (int8 scalar quantisation of the main vector: about +1 byte per
+            dimension per point; 2.5x faster search at 100k docs, same recall, see
+            docs/qdrant.md), or
             ``"none"`` (insist on an unquantised store). Fixed at creation. qdrant-client
             local mode stores the setting but searches exactly, so it has no effect there.
         ef: default HNSW beam width at search time.

@@ -327,6 +327,8 @@ def cmd_eval(a) -> int:
         kw["hnsw_m"] = a.hnsw_m
     if a.hnsw_ef_construct is not None:
         kw["hnsw_ef_construct"] = a.hnsw_ef_construct
+    if a.quantization is not None:
+        kw["quantization"] = a.quantization
     if store.startswith(("http://", "https://")):
         kw.update(api_key=_api_key(a), timeout=a.timeout, retries=a.retries)
     retriever = QdrantRetriever(store, prefix=a.collection + "_", ef=a.ef, progress=not a.quiet, **kw)
@@ -436,6 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ef", type=int, default=None)
     p.add_argument("--hnsw-m", type=int, default=None)
     p.add_argument("--hnsw-ef-construct", type=int, default=None)
+    p.add_argument("--quantization", choices=("none", "int8"), default=None,
+                   help="int8: build the evaluation collections with int8 codes (see ingest)")
     p.add_argument("--tolerance", type=float, default=0.005, help="allowed |NDCG@10 index - exact|")
     p.set_defaults(func=cmd_eval)
     return ap

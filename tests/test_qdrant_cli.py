@@ -96,6 +96,15 @@ def test_ingest_search_and_eval(world, capsys, monkeypatch):
     with MultiFieldIndex(os.path.join(out_dir, "qdrant_store"), "eval_corpus_2") as idx:
         assert idx.backend.shard.info().indexed_vectors_count > 0  # the index run used a graph
 
+    # the same through int8-quantised collections (one split keeps it short)
+    out_q = str(root / "eval_int8")
+    rc = main(["eval", "--data", data, "--checkpoint", ck, "--out", out_q, "--n-queries", "20",
+               "--splits", "in_domain", "--quantization", "int8", "--quiet"])
+    report = json.load(open(os.path.join(out_q, "qdrant_eval.json")))
+    assert rc == 0 and report["within_tolerance"] and len(report["splits"]) == 1
+    with MultiFieldIndex(os.path.join(out_q, "qdrant_store"), "eval_corpus_1") as idx:
+        assert idx.schema.quantization == "int8"
+
 
 def test_precomputed_vectors_and_vector_queries(world, capsys, tmp_path):
     rng = np.random.default_rng(0)

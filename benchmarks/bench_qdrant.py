@@ -37,10 +37,7 @@ exact command line and a timestamp.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
-import platform
-import shlex
 import shutil
 import sys
 import tempfile
@@ -53,6 +50,8 @@ from qdrant_plugin import MultiFieldIndex
 from qdrant_plugin.schema import DEFAULT_HNSW_EF_CONSTRUCT, DEFAULT_HNSW_M, DEFAULT_OVERSAMPLING
 from qdrant_plugin.synth import latent_embeddings
 
+from _common import append_csv, check_csv_header, command_line, loadavg, machine, package_versions
+
 IMPLS = ("edge-hnsw", "edge-raw", "edge-exact", "edge-hnsw-int8", "local", "numpy")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_qdrant.csv")
 COLUMNS = [
@@ -61,30 +60,6 @@ COLUMNS = [
     "p99_ms", "qps", "recall_at_10", "cpu", "cores", "loadavg_start", "loadavg_end", "python",
     "numpy", "qdrant_edge_py", "qdrant_client", "command",
 ]
-
-
-def machine() -> Dict[str, str]:
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    from importlib.metadata import version
-
-    return {"cpu": cpu, "cores": str(os.cpu_count()), "python": platform.python_version(),
-            "numpy": np.__version__, "qdrant_edge_py": version("qdrant-edge-py"),
-            "qdrant_client": version("qdrant-client")}
-
-
-def loadavg() -> str:
-    try:
-        return "/".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "?"
 
 
 def exact_top10(doc_concat: np.ndarray, q_concat: np.ndarray, k: int = 10, block: int = 256) -> np.ndarray:
@@ -214,8 +189,10 @@ def main(argv=None) -> int:
     weights = {k: float(v) for k, v in (p.split("=") for p in a.weights.split(","))}
     fields = {"title": a.dim, "image": a.dim}
     efs = [int(x) for x in a.ef.split(",")]
-    command = " ".join(shlex.quote(x) for x in [os.path.relpath(sys.argv[0])] + (argv if argv is not None else sys.argv[1:]))
-    mach = machine()
+    command = command_line(argv)
+    mach = {**machine(), **package_versions({"numpy": "numpy", "qdrant_edge_py": "qdrant-edge-py",
+                                             "qdrant_client": "qdrant-client"})}
+    check_csv_header(a.out, COLUMNS)  # a mismatch fails now, not after the measurements
     work = a.workdir or tempfile.mkdtemp(prefix="bench_qdrant_")
     rows = []
     print(f"# {command}\n# {mach['cpu']}, {mach['cores']} cores, load {loadavg()}; python {mach['python']}, "
@@ -318,15 +295,11 @@ def main(argv=None) -> int:
             shutil.rmtree(work, ignore_errors=True)
         if rows:
             os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-            new = not os.path.exists(a.out)
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            with open(a.out, "a", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-                if new:
-                    w.writeheader()
-                for r in rows:
-                    w.writerow({**{c: "" for c in COLUMNS}, **mach, **r, "timestamp": stamp, "command": command})
-            print(f"# appended {len(rows)} rows to {a.out}")
+            full = [{**mach, **r, "timestamp": stamp, "command": command} for r in rows]
+            # rows carry a few working keys (paired ratios, ...) that are not CSV columns
+            n = append_csv(a.out, COLUMNS, [{c: r.get(c, "") for c in COLUMNS} for r in full])
+            print(f"# appended {n} rows to {a.out}")
     return 0
 
 

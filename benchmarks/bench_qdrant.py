@@ -17,6 +17,14 @@ Implementations, named in one place (IMPLS):
                 (--oversampling, default the plugin's). With edge-raw also selected, it is
                 timed interleaved with its own raw engine call, reported as edge-raw-int8.
                 A non-default --oversampling is appended to the name (edge-hnsw-int8-os1.5).
+    edge-prefetch
+                design (b) of issue 6, on the edge-hnsw store (built with index_fields=True, so
+                each field also has its own HNSW graph): ONE engine call, a QueryRequest with a
+                Prefetch per weighted field (Nearest q_f on that field's graph, limit K, hnsw_ef
+                max(ef, K)) and an outer Nearest [w_t q_t; w_i q_i] on `_concat`, which Qdrant
+                evaluates only on the union of the prefetched points: exact rescoring by
+                sum_f w_f cos(q_f, d_f). Named edge-prefetch-K, K from --prefetch. Timed
+                interleaved with edge-hnsw (and edge-raw if selected), query by query.
     local       MultiFieldIndex on qdrant-client local mode (pure Python/numpy, exact)
     numpy       brute force: one float32 matrix-vector product and a partial sort
 
@@ -28,6 +36,7 @@ and recall@10 against exact float64 top-10.
     python benchmarks/bench_qdrant.py --sizes 100000
     python benchmarks/bench_qdrant.py --sizes 100000,1000000 --queries 500 --impls edge-hnsw,edge-exact,numpy
     python benchmarks/bench_qdrant.py --sizes 100000 --ef 48,64,80,96 --impls edge-hnsw-int8,edge-raw
+    python benchmarks/bench_qdrant.py --sizes 100000 --impls edge-hnsw,edge-raw,edge-prefetch --prefetch 20,50,100 --ef 80
 
 Prints a table and appends one CSV row per (size, implementation, ef) to
 benchmarks/results/bench_qdrant.csv with the machine, versions, load average, the
@@ -52,7 +61,7 @@ from qdrant_plugin.synth import latent_embeddings
 
 from _common import append_csv, check_csv_header, command_line, loadavg, machine, package_versions
 
-IMPLS = ("edge-hnsw", "edge-raw", "edge-exact", "edge-hnsw-int8", "local", "numpy")
+IMPLS = ("edge-hnsw", "edge-raw", "edge-exact", "edge-hnsw-int8", "edge-prefetch", "local", "numpy")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_qdrant.csv")
 COLUMNS = [
     "timestamp", "impl", "n_docs", "fields", "dim", "latent_dim", "noise", "weights", "hnsw_m",
@@ -145,6 +154,66 @@ def time_paired(index: MultiFieldIndex, queries: Dict[str, np.ndarray], weights,
     return lat["p"], lat["r"], found["p"], found["r"], ratio
 
 
+def time_interleaved(index: MultiFieldIndex, queries: Dict[str, np.ndarray], weights, n_q: int, ef: int,
+                     prefetch: List[int], with_raw: bool):
+    """edge-hnsw, edge-raw (optional) and edge-prefetch-K latencies, interleaved on one store.
+
+    At step i, contender c answers query (i + c * n / C) mod n, and the contenders' order
+    rotates with i: every query is run once by each, no contender follows another on the same
+    query (whose graph path would still be in the CPU caches), and load drifts hit all alike.
+    Query rows are built outside the timer, request objects inside (as the plugin does).
+    Returns {name: (latencies, ids)}.
+    """
+    import qdrant_edge as qe
+
+    from qdrant_plugin.schema import ID_KEY
+
+    shard = index.backend.shard
+    names = list(index.fields)
+    qs = [{f: v[i] for f, v in queries.items()} for i in range(n_q)]
+    rows = [index._plan(q, weights, batch=False)[1][0].tolist() for q in qs]
+    per_field = [{f: queries[f][i].tolist() for f in names if weights.get(f, 0.0) > 0} for i in range(n_q)]
+    using = index.schema.main_vector
+    params = qe.SearchParams(hnsw_ef=max(ef, 10), exact=False)
+
+    def plug(i):
+        return [int(h.id) for h in index.search(qs[i], field_weights=weights, limit=10, ef=ef)]
+
+    def raw(i):
+        req = qe.QueryRequest(limit=10, query=qe.Query.Nearest(rows[i], using=using), filter=None,
+                              params=params, with_payload=True, with_vector=False)
+        return [int(p.payload[ID_KEY]) for p in shard.query(req)]
+
+    def make_prefetch(k):
+        pparams = qe.SearchParams(hnsw_ef=max(ef, k), exact=False)
+
+        def run(i):
+            pf = [qe.Prefetch(limit=k, query=qe.Query.Nearest(v, using=f), params=pparams)
+                  for f, v in per_field[i].items()]
+            req = qe.QueryRequest(limit=10, prefetches=pf, query=qe.Query.Nearest(rows[i], using=using),
+                                  with_payload=True, with_vector=False)
+            return [int(p.payload[ID_KEY]) for p in shard.query(req)]
+        return run
+
+    fns = [("edge-hnsw", plug)] + ([("edge-raw", raw)] if with_raw else [])
+    fns += [(f"edge-prefetch-{k}", make_prefetch(k)) for k in prefetch]
+    for i in range(min(20, n_q)):
+        for _, fn in fns:
+            fn(i)
+    c = len(fns)
+    lat = {name: [0.0] * n_q for name, _ in fns}
+    found = {name: [None] * n_q for name, _ in fns}
+    for i in range(n_q):
+        for r in range(c):
+            slot = (r + i) % c
+            name, fn = fns[slot]
+            j = (i + slot * n_q // c) % n_q
+            t = time.perf_counter()
+            found[name][j] = fn(j)
+            lat[name][j] = time.perf_counter() - t
+    return {name: (lat[name], found[name]) for name, _ in fns}
+
+
 def ingest(index: MultiFieldIndex, docs: Dict[str, np.ndarray], batch: int) -> Dict[str, float]:
     n = next(iter(docs.values())).shape[0]
     t0 = time.perf_counter()
@@ -173,6 +242,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ef", default="32,64,96,128", help="comma-separated HNSW ef values to sweep")
     ap.add_argument("--oversampling", type=float, default=DEFAULT_OVERSAMPLING,
                     help="edge-hnsw-int8: candidates per hit rescored with the float32 vectors")
+    ap.add_argument("--prefetch", default="20,50,100",
+                    help="edge-prefetch: comma-separated per-field prefetch depths K")
     ap.add_argument("--impls", default=",".join(IMPLS))
     ap.add_argument("--local-max", type=int, default=100000, help="skip local mode above this size")
     ap.add_argument("--batch", type=int, default=2048, help="documents per upsert call")
@@ -189,6 +260,9 @@ def main(argv=None) -> int:
     weights = {k: float(v) for k, v in (p.split("=") for p in a.weights.split(","))}
     fields = {"title": a.dim, "image": a.dim}
     efs = [int(x) for x in a.ef.split(",")]
+    prefetch = [int(x) for x in a.prefetch.split(",") if x]
+    if "edge-prefetch" in impls and (not prefetch or min(prefetch) < 10):
+        ap.error(f"--prefetch: expected comma-separated depths >= 10 (the hits per query), got {a.prefetch!r}")
     command = command_line(argv)
     mach = {**machine(), **package_versions({"numpy": "numpy", "qdrant_edge_py": "qdrant-edge-py",
                                              "qdrant_client": "qdrant-client"})}
@@ -232,16 +306,18 @@ def main(argv=None) -> int:
                 emit("numpy", {**latency_stats(lat), "recall_at_10": recall(found, truth), "n_queries": a.queries})
 
             variants = []  # (quantization, HNSW impl name, raw impl name), one store each
-            if {"edge-hnsw", "edge-exact"} & set(impls) or impls == ["edge-raw"]:
+            if {"edge-hnsw", "edge-exact", "edge-prefetch"} & set(impls) or impls == ["edge-raw"]:
                 variants.append((None, "edge-hnsw", "edge-raw"))
             if "edge-hnsw-int8" in impls:
                 tag = "" if a.oversampling == DEFAULT_OVERSAMPLING else f"-os{a.oversampling:g}"
                 variants.append(("int8", "edge-hnsw-int8" + tag, "edge-raw-int8" + tag))
             for quant, hnsw_name, raw_name in variants:
+                # edge-prefetch needs a graph per field; edge-hnsw then runs on the same store
+                per_field = quant is None and "edge-prefetch" in impls
                 path = os.path.join(work, f"edge_{n}_m{a.m}_efc{a.ef_construct}_l{a.latent_dim}_s{a.noise}"
-                                          + (f"_{quant}" if quant else ""))
+                                          + (f"_{quant}" if quant else "") + ("_pf" if per_field else ""))
                 opts = dict(hnsw_m=a.m, hnsw_ef_construct=a.ef_construct, quantization=quant or "none",
-                            oversampling=a.oversampling)
+                            oversampling=a.oversampling, index_fields=per_field)
                 if a.reuse and a.workdir and os.path.isdir(path):
                     idx = MultiFieldIndex(path, "bench", fields, **opts)
                     if idx.count() != n:
@@ -257,7 +333,12 @@ def main(argv=None) -> int:
                 common = {**ing, "hnsw_m": a.m, "hnsw_ef_construct": a.ef_construct}
                 timed = quant is not None or "edge-hnsw" in impls
                 for ef in efs:
-                    if "edge-raw" in impls:
+                    if per_field:
+                        res = time_interleaved(idx, queries, weights, a.queries, ef, prefetch, "edge-raw" in impls)
+                        for name, (lat, found) in res.items():
+                            emit(name, {**common, **latency_stats(lat), "ef": ef,
+                                        "recall_at_10": recall(found, truth), "n_queries": a.queries})
+                    elif "edge-raw" in impls:
                         lat, lat_raw, found, found_raw, ratio = time_paired(idx, queries, weights, a.queries, ef)
                         if timed:
                             emit(hnsw_name, {**common, **latency_stats(lat), "ef": ef,

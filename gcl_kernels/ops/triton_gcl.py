@@ -312,40 +312,22 @@ def _load_col_stat_t(
 
 
 @triton.jit
-def _expand_rows_t(v, TILE_M: tl.constexpr, TILE_N: tl.constexpr, F_RP: tl.constexpr, BN: tl.constexpr):
-    # [F_RP, TILE_M] -> [TILE_N, TILE_M]: value of pair (l_m, r_n) at every column n
-    if F_RP == 1:
-        out = tl.broadcast_to(v, (TILE_N, TILE_M))
-    else:
-        out = tl.reshape(tl.broadcast_to(v[:, None, :], (F_RP, BN, TILE_M)), (TILE_N, TILE_M))
-    return out
-
-
-@triton.jit
-def _expand_cols_t(v, TILE_M: tl.constexpr, TILE_N: tl.constexpr, F_LP: tl.constexpr, BM: tl.constexpr):
-    # [TILE_N, F_LP] -> [TILE_N, TILE_M]
-    if F_LP == 1:
-        out = tl.broadcast_to(v, (TILE_N, TILE_M))
-    else:
-        out = tl.reshape(tl.broadcast_to(v[:, :, None], (TILE_N, F_LP, BM)), (TILE_N, TILE_M))
-    return out
-
-
-@triton.jit
 def _dscores_t(
     s2_t, rbias_t, cbias_t, dcoef_t, i_m, j_n,
     TILE_M: tl.constexpr, TILE_N: tl.constexpr, F_LP: tl.constexpr, F_RP: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, HAS_ROW: tl.constexpr, HAS_COL: tl.constexpr,
 ):
     # the transpose of _dscores: [TILE_N, TILE_M], so that dS^T feeds tl.dot as the left
-    # operand straight from registers (a tl.trans of dS would round-trip shared memory)
+    # operand straight from registers (a tl.trans of dS would round-trip shared memory).
+    # In the transposed tile a row statistic [F_RP, TILE_M] spreads down the columns the way
+    # a column statistic does in the plain tile, so the two expanders swap roles.
     ds = tl.zeros((TILE_N, TILE_M), dtype=tl.float32)
     if HAS_ROW:
-        ds += tl.exp2(s2_t - _expand_rows_t(rbias_t, TILE_M, TILE_N, F_RP, BN))
+        ds += tl.exp2(s2_t - _expand_cols(rbias_t, TILE_N, TILE_M, F_RP, BN))
     if HAS_COL:
-        ds += tl.exp2(s2_t - _expand_cols_t(cbias_t, TILE_M, TILE_N, F_LP, BM))
+        ds += tl.exp2(s2_t - _expand_rows(cbias_t, TILE_N, TILE_M, F_LP, BM))
     on_diag = j_n[:, None] == i_m[None, :]
-    ds -= tl.where(on_diag, _expand_rows_t(dcoef_t, TILE_M, TILE_N, F_RP, BN), 0.0)
+    ds -= tl.where(on_diag, _expand_cols(dcoef_t, TILE_N, TILE_M, F_RP, BN), 0.0)
     return ds
 
 

@@ -891,37 +891,28 @@ def _backward(inp: GCLInputs, stats, gout: torch.Tensor, need_dx: bool, need_dy:
     dx = dy = None
     dsrow = torch.empty((f_l, b), dtype=torch.float32, device=dev)
     common = (x, y, scale, g, lg, rg, rbias, cbias, dcoef)
-    if need_dx and need_dy and _backward_mode() == "fused":
-        dx = torch.empty_like(x)
-        # float32 inputs are summed in place; 16-bit ones in a float32 buffer, cast once
-        dyacc = torch.zeros(y.shape, dtype=torch.float32, device=dev)
-        args = common + (dx, dsrow, dyacc, b, b_r, n_cols, d, b * d, b_r * d)
-        if _INTERPRET:
-            t = dict(_interpret_tiles(fl["F_LP"], fl["F_RP"]), D_OUT=_INTERPRET_TILES["D_OUT"])
-            grid = (triton.cdiv(b, t["BM"]), triton.cdiv(d, t["D_OUT"]))
-            _gcl_bwd_dx_kernel[grid](*args, **fl, **t, FUSE_DY=True)
-        else:
-            f_lp = fl["F_LP"]
-            _bwd_fused_tuned[lambda m: (triton.cdiv(b, m["TILE_M"] // f_lp), triton.cdiv(d, m["D_OUT"]))](
-                *args, **fl, FUSE_DY=True)
-        dy = dyacc if y.dtype == torch.float32 else dyacc.to(y.dtype)
-        return dx, dy, dsrow
+    # fused: the row sweep also sums dy, into a float32 buffer (returned as is for float32)
+    fused = need_dx and need_dy and _backward_mode() == "fused"
+    if _INTERPRET:
+        t = dict(_interpret_tiles(fl["F_LP"], fl["F_RP"]), D_OUT=_INTERPRET_TILES["D_OUT"])
     if need_dx:
         dx = torch.empty_like(x)
-        args = common + (dx, dsrow, dsrow, b, b_r, n_cols, d, b * d, b_r * d)  # no dy buffer
+        dyacc = torch.zeros(y.shape, dtype=torch.float32, device=dev) if fused else dsrow  # else unread
+        args = common + (dx, dsrow, dyacc, b, b_r, n_cols, d, b * d, b_r * d)
         if _INTERPRET:
-            t = dict(_interpret_tiles(fl["F_LP"], fl["F_RP"]), D_OUT=_INTERPRET_TILES["D_OUT"])
             grid = (triton.cdiv(b, t["BM"]), triton.cdiv(d, t["D_OUT"]))
-            _gcl_bwd_dx_kernel[grid](*args, **fl, **t, FUSE_DY=False)
+            _gcl_bwd_dx_kernel[grid](*args, **fl, **t, FUSE_DY=fused)
         else:
             f_lp = fl["F_LP"]
-            _bwd_dx_tuned[lambda m: (triton.cdiv(b, m["TILE_M"] // f_lp), triton.cdiv(d, m["D_OUT"]))](
-                *args, **fl, FUSE_DY=False)
-    if need_dy:
+            tuned = _bwd_fused_tuned if fused else _bwd_dx_tuned
+            tuned[lambda m: (triton.cdiv(b, m["TILE_M"] // f_lp), triton.cdiv(d, m["D_OUT"]))](
+                *args, **fl, FUSE_DY=fused)
+        if fused:
+            dy = dyacc if y.dtype == torch.float32 else dyacc.to(y.dtype)
+    if need_dy and not fused:
         dy = torch.empty_like(y) if n_cols == b_r else torch.zeros_like(y)
         args = common + (dy, b, b_r, n_cols, d, b * d, b_r * d)
         if _INTERPRET:
-            t = dict(_interpret_tiles(fl["F_LP"], fl["F_RP"]), D_OUT=_INTERPRET_TILES["D_OUT"])
             grid = (triton.cdiv(n_cols, t["BN"]), triton.cdiv(d, t["D_OUT"]))
             _gcl_bwd_dy_kernel[grid](*args, **fl, **t)
         else:

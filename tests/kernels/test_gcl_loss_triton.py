@@ -298,7 +298,7 @@ def test_half_inputs_interpreted(monkeypatch, dtype, tol, backward):
 # Compiled for Hopper without a GPU: the interpreter cannot catch what only the compiler
 # rejects, so each kernel is built for sm_90 (Triton's bundled ptxas) in a clean process.
 # --------------------------------------------------------------------------------------
-_BUILD_SM90 = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+_BUILD_SM90 = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                            "benchmarks", "build_sm90.py")
 
 

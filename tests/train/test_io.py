@@ -149,7 +149,7 @@ def test_checkpoint_save_failure_keeps_previous_checkpoint(tmp_path):
 def _bench_common():
     import importlib.util
 
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "_common.py")
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "benchmarks", "_common.py")
     spec = importlib.util.spec_from_file_location("bench_common_under_test", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -176,7 +176,7 @@ def test_bench_csv_append_header_check_and_atomicity(tmp_path):
 def test_bench_csv_headers_in_results_match_the_scripts():
     """The checked-in result files stay appendable by the scripts that wrote them."""
     common = _bench_common()
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     for name, script in (("bench_metrics.csv", "bench_metrics.py"), ("bench_loss.csv", "bench_loss.py"),
                          ("bench_qdrant.csv", "bench_qdrant.py"), ("build_sm90.csv", "build_sm90.py")):
         path = os.path.join(root, "benchmarks", "results", name)

@@ -20,7 +20,7 @@ from qdrant_plugin.ingest import CRASH_ENV, ArraySource, ingest
 from qdrant_plugin.synth import latent_embeddings
 
 FIELDS = {"title": 16, "image": 16}
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _write_inputs(tmp_path, n, seed=0):

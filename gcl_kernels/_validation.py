@@ -10,7 +10,9 @@ whose fields every implementation (reference, chunked, triton) consumes unchange
     row_weights  [B] or None    c_row * w / Z  (None when the direction has no row term)
     col_weights  [B] or None    c_col * w / Z  (None when the direction has no column term)
     field_weights [F_L, F_R]    a[l, r], accumulation dtype
-    lhs_groups   [B] int64 or None
+    lhs_groups   [L] int64 or None, B <= L <= B_R: the query group of columns j < L
+                 (rows i < B read the first B; entries past B are the user's
+                 `extra_lhs_groups`); columns j >= L have no query
     rhs_groups   [B_R] int64 or None
 
 so that, for every implementation,
@@ -95,15 +97,17 @@ def _check_embeddings(name: str, t, ndim_hint: str) -> torch.Tensor:
     return t
 
 
-def _check_groups(name: str, g, n: int, n_name: str, device) -> Optional[torch.Tensor]:
+def _check_groups(name: str, g, n: int, n_name: str, device, n_max: Optional[int] = None) -> Optional[torch.Tensor]:
+    """Integer ids of shape [n] (or, with n_max, any length in [n, n_max])."""
     if g is None:
         return None
+    want = f"[{n_name}]=[{n}]" if n_max is None or n_max == n else f"[{n_name}] with {n} <= {n_name} <= {n_max} (B_R - B)"
     if not isinstance(g, torch.Tensor):
-        raise ValueError(f"{name}: expected an integer tensor of shape [{n_name}]=[{n}], got {_desc(g)}")
+        raise ValueError(f"{name}: expected an integer tensor of shape {want}, got {_desc(g)}")
     if g.dtype.is_floating_point or g.dtype.is_complex or g.dtype == torch.bool:
         raise ValueError(f"{name}: expected integer ids (e.g. torch.int64), got dtype {g.dtype}")
-    if tuple(g.shape) != (n,):
-        raise ValueError(f"{name}: expected shape [{n_name}]=[{n}], got {tuple(g.shape)}")
+    if g.dim() != 1 or not (n <= g.shape[0] <= (n if n_max is None else n_max)):
+        raise ValueError(f"{name}: expected shape {want}, got {tuple(g.shape)}")
     if g.device != device:
         raise ValueError(f"{name}: expected device {device} (the device of lhs), got {g.device}")
     return g.to(torch.int64).contiguous()
@@ -120,6 +124,7 @@ def canonicalize(
     direction: str = "both",
     normalize: str = "batch",
     check_finite: bool = True,
+    extra_lhs_groups=None,
 ) -> GCLInputs:
     """Validate `gcl_loss` arguments and return the canonical `GCLInputs`.
 
@@ -231,9 +236,24 @@ def canonicalize(
     a = a.contiguous()
 
     lg = _check_groups("lhs_groups", lhs_groups, b, "B", device)
+    if extra_lhs_groups is not None:
+        if lg is None:
+            raise ValueError("extra_lhs_groups: given without lhs_groups; the extra columns' query ids "
+                             "are compared with the rows' lhs_groups")
+        eg = _check_groups("extra_lhs_groups", extra_lhs_groups, 0, "E", device, n_max=b_r - b)
+        lg = torch.cat([lg, eg])
     rg = _check_groups("rhs_groups", rhs_groups, b_r, "B_R", device)
 
     return GCLInputs(x.contiguous(), y.contiguous(), scale, row_w, col_w, a, lg, rg)
+
+
+def overflow_message(inp: GCLInputs, value: float) -> str:
+    """The error every implementation raises when the loss is not finite."""
+    acc = inp.logit_scale.dtype
+    return (f"GCL loss is {value}: the logits s * <x, y> overflow {acc} (logit_scale "
+            f"{float(inp.logit_scale.detach())}, largest |lhs| {float(inp.x.detach().abs().max())}, "
+            f"largest |rhs| {float(inp.y.detach().abs().max())}); normalise the embeddings or "
+            f"lower the logit scale")
 
 
 def check_impl(impl: str) -> str:

@@ -5,7 +5,7 @@ import functools
 
 import torch
 
-from ._validation import GCLInputs, canonicalize, check_impl
+from ._validation import GCLInputs, canonicalize, check_impl, overflow_message
 
 
 @functools.lru_cache(maxsize=None)
@@ -56,6 +56,7 @@ def gcl_loss(
     direction: str = "both",
     normalize: str = "batch",
     impl: str = "auto",
+    extra_lhs_groups: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Generalized contrastive loss (GCL_SPEC section 1).
 
@@ -69,6 +70,10 @@ def gcl_loss(
         field_weights: [F_L, F_R] non-negative field-pair weights; default 1 / (F_L * F_R).
         lhs_groups: [B] integer ids; equal ids (e.g. the same query) are not negatives.
         rhs_groups: [B_R] integer ids; equal ids (e.g. the same product) are not negatives.
+        extra_lhs_groups: [E] integer ids, 0 <= E <= B_R - B (needs lhs_groups): the query
+            ids of the first E extra columns B..B+E-1 (e.g. pairs gathered from other
+            ranks), so a row's repeated query among them is masked too; extra columns
+            past B+E have no query of their own (mined negatives).
         direction: "both" (CLIP's mean of the two), "lhs_to_rhs" or "rhs_to_lhs".
         normalize: "batch" (divide by B) or "weights" (divide by the sum of weights).
         impl: "auto", "reference", "chunked" or "triton".
@@ -82,5 +87,8 @@ def gcl_loss(
         >>> loss = gcl_loss(x, y, 20.0, weights=torch.rand(8))
     """
     inp = canonicalize(lhs, rhs, logit_scale, weights, field_weights, lhs_groups, rhs_groups,
-                       direction, normalize)
-    return _run(_resolve_implementation(impl, inp.x.device), inp)
+                       direction, normalize, extra_lhs_groups=extra_lhs_groups)
+    loss = _run(_resolve_implementation(impl, inp.x.device), inp)
+    if not bool(torch.isfinite(loss.detach())):  # one behaviour for every implementation
+        raise FloatingPointError(overflow_message(inp, float(loss.detach())))
+    return loss

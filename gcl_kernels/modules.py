@@ -84,8 +84,10 @@ class GCLLoss(nn.Module):
         self.weight_params = dict(weight_params or {})
         if not callable(weight_fn):
             # Fail at construction, not at the first batch with scores.
-            score_to_weight(torch.ones(1), weight_fn, s_max if s_max is not None else 1.0,
-                            **self.weight_params)
+            # Check the kind and its parameters on a score that is valid for this s_max.
+            probe = float(s_max) if isinstance(s_max, (int, float)) and not isinstance(s_max, bool) else 1.0
+            score_to_weight(torch.tensor([probe], dtype=torch.float64), weight_fn,
+                            s_max if s_max is not None else 1.0, **self.weight_params)
         self.direction = direction
         self.normalize = normalize
         self.impl = impl
@@ -127,6 +129,7 @@ class GCLLoss(nn.Module):
         weights: Optional[torch.Tensor] = None,
         lhs_groups: Optional[torch.Tensor] = None,
         rhs_groups: Optional[torch.Tensor] = None,
+        extra_lhs_groups: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Loss of one batch. Give either `scores` (turned into weights) or `weights`, or neither."""
         if scores is not None and weights is not None:
@@ -137,7 +140,7 @@ class GCLLoss(nn.Module):
                 weights = weights.to(lhs.device)
         return gcl_loss(lhs, rhs, self.scale(), weights=weights, field_weights=self.field_weights,
                         lhs_groups=lhs_groups, rhs_groups=rhs_groups, direction=self.direction,
-                        normalize=self.normalize, impl=self.impl)
+                        normalize=self.normalize, impl=self.impl, extra_lhs_groups=extra_lhs_groups)
 
     def extra_repr(self) -> str:
         return (f"weight_fn={getattr(self.weight_fn, '__name__', self.weight_fn)!s}, s_max={self.s_max}, "

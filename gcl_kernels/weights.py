@@ -143,12 +143,15 @@ def score_to_weight(
 
     if s.numel():
         hi, lo = float(s.max()), float(s.min())
-        if hi > s_max:
+        # Compare in the scores' precision: a float32 score of 100.3 is 100.30000305, which
+        # must not count as above s_max=100.3 (the same number, rounded).
+        s_max_here = float(torch.tensor(s_max, dtype=s.dtype))
+        if hi > s_max_here:
             if not clip:
                 raise ValueError(
                     f"scores: largest score {hi} exceeds s_max={s_max}; fix s_max or pass clip=True "
                     "to clamp scores to s_max")
-            s = s.clamp(max=s_max)
+        s = s.clamp(max=s_max)
         if kind in _NON_NEGATIVE_KINDS and lo < 0:
             raise ValueError(f"scores: kind {kind!r} needs scores >= 0, got minimum {lo}")
 

@@ -46,7 +46,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch.autograd.function import once_differentiable
 
-from .._validation import GCLInputs
+from .._validation import GCLInputs, overflow_message
 
 # Elements of one block (chunk x B_R values). 2**23 float32 = 32 MiB: large enough that the dy
 # accumulation (a product with inner size `chunk`) stays compute-bound on a CPU, small
@@ -119,9 +119,9 @@ def _block_mask(lhs_groups, rhs_groups, rows: torch.Tensor, cols: torch.Tensor, 
     if rhs_groups is not None:
         m |= rhs_groups[rows][:, None] == rhs_groups[cols][None, :]
     if lhs_groups is not None:
-        in_batch = cols < b
-        same = lhs_groups[rows][:, None] == lhs_groups[cols.clamp(max=b - 1)][None, :]
-        m |= same & in_batch[None, :]
+        n_lg = lhs_groups.shape[0]  # B <= n_lg <= B_R: columns past it have no query
+        same = lhs_groups[rows][:, None] == lhs_groups[cols.clamp(max=n_lg - 1)][None, :]
+        m |= same & (cols < n_lg)[None, :]
     m &= rows[:, None] != cols[None, :]
     return m
 
@@ -214,10 +214,9 @@ class ChunkedGCLFunction(torch.autograd.Function):
             loss = loss + (a[:, None] * (lse_row - diag).clamp_(min=0) * row_w).sum()
         if col_w is not None:
             loss = loss + (a[:, None] * (lse_col - diag).clamp_(min=0) * col_w).sum()
-        if not bool(torch.isfinite(loss)):
-            raise FloatingPointError(
-                f"chunked GCL loss is {float(loss)}: the logits s * <x, y> overflow {acc} "
-                f"(logit_scale {s}, largest |lhs| {float(x.abs().max())}, largest |rhs| {float(y.abs().max())})")
+        if not bool(torch.isfinite(loss)):  # stop before the backward works on inf
+            raise FloatingPointError(overflow_message(
+                GCLInputs(x, y, logit_scale, row_w, col_w, field_w, lhs_groups, rhs_groups), float(loss)))
 
         ctx.save_for_backward(x, y, logit_scale, row_w, col_w, a, lhs_groups, rhs_groups,
                               lse_row, lse_col)

@@ -14,14 +14,16 @@ from .._validation import GCLInputs
 def group_mask(lhs_groups, rhs_groups, b: int, b_r: int, device) -> torch.Tensor | None:
     """M[i, j] = True where pair (i, j) is not a true negative (GCL_SPEC section 1).
 
-    M[i, j] = (i != j) and ((j < B and lhs_groups[i] == lhs_groups[j])
+    M[i, j] = (i != j) and ((j < L and lhs_groups[i] == lhs_groups[j])
                             or rhs_groups[i] == rhs_groups[j])
+
+    with L = len(lhs_groups), B <= L <= B_R (columns from L on have no query).
     """
     if lhs_groups is None and rhs_groups is None:
         return None
     m = torch.zeros(b, b_r, dtype=torch.bool, device=device)
     if lhs_groups is not None:
-        m[:, :b] |= lhs_groups[:, None] == lhs_groups[None, :]
+        m[:, :lhs_groups.shape[0]] |= lhs_groups[:b, None] == lhs_groups[None, :]
     if rhs_groups is not None:
         m |= rhs_groups[:b, None] == rhs_groups[None, :]
     m[torch.arange(b, device=device), torch.arange(b, device=device)] = False

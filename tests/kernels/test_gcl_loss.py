@@ -567,3 +567,97 @@ def test_chunked_refuses_double_backward(gen):
     gx, = torch.autograd.grad(loss, (x,), create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
         gx.sum().backward()
+
+
+# --------------------------------------------------------------------------- lhs groups for extra columns
+
+def _brute_force_loss(x, y, s, w, a, lg, rg, c_row, c_col, z):
+    """GCL_SPEC section 1 written out element by element; lg may run past B into the
+    extra columns (lhs_groups followed by extra_lhs_groups)."""
+    f_l, b, _ = x.shape
+    f_r, b_r, _ = y.shape
+    total = torch.zeros((), dtype=torch.float64)
+    for l in range(f_l):
+        for r in range(f_r):
+            S = s * x[l] @ y[r].T
+            M = torch.zeros(b, b_r, dtype=torch.bool)
+            for i in range(b):
+                for j in range(b_r):
+                    if i == j:
+                        continue
+                    M[i, j] = bool((lg is not None and j < len(lg) and lg[i] == lg[j])
+                                   or (rg is not None and rg[i] == rg[j]))
+            Sm = S.masked_fill(M, float("-inf"))
+            row = torch.logsumexp(Sm, 1) - S.diagonal()
+            col = torch.logsumexp(Sm[:, :b], 0) - S.diagonal()
+            total = total + a[l, r] * ((c_row * w * row).sum() + (c_col * w * col).sum()) / z
+    return total
+
+
+@pytest.mark.parametrize("impl", ["reference", "chunked"])
+@pytest.mark.parametrize("direction", DIRECTIONS)
+@pytest.mark.parametrize("extra,n_extra_lg", [(4, 2), (4, 4), (3, 0)])
+def test_extra_lhs_groups_match_the_definition(gen, impl, direction, extra, n_extra_lg):
+    """extra_lhs_groups give the first E extra columns a query, masked like in-batch ones."""
+    b = 5
+    case = make_case(gen, f_l=2, f_r=2, b=b, extra=extra, groups=True)
+    case["extra_lhs_groups"] = torch.randint(0, 3, (n_extra_lg,), generator=gen)
+    x, y = case["lhs"], case["rhs"]
+    c_row, c_col = {"both": (0.5, 0.5), "lhs_to_rhs": (1.0, 0.0), "rhs_to_lhs": (0.0, 1.0)}[direction]
+    lg = torch.cat([case["lhs_groups"], case["extra_lhs_groups"]])
+    want = _brute_force_loss(x, y, 3.0, case["weights"], case["field_weights"], lg,
+                             case["rhs_groups"], c_row, c_col, float(b))
+    got = loss_and_grads(case, impl, block_elements=16 if impl == "chunked" else None, direction=direction)
+    torch.testing.assert_close(got[0], want, rtol=1e-10, atol=1e-12)
+    if impl == "chunked":
+        ref = loss_and_grads(case, "reference", direction=direction)
+        assert_close_all(got, ref, rtol=1e-9, atol=1e-12)
+
+
+def test_extra_lhs_groups_gradcheck_and_unique_ids_change_nothing(gen):
+    case = make_case(gen, f_l=1, f_r=2, b=4, extra=3, groups=True)
+    x = case["lhs"].clone().requires_grad_(True)
+    y = case["rhs"].clone().requires_grad_(True)
+    lg, eg = torch.tensor([0, 1, 0, 2]), torch.tensor([1, 7, 0])  # extras 4 and 6 repeat queries 1 and 0
+    kw = dict(weights=case["weights"], field_weights=case["field_weights"], rhs_groups=case["rhs_groups"],
+              lhs_groups=lg)
+    for impl in ("reference", "chunked"):
+        assert torch.autograd.gradcheck(
+            lambda a, c: gcl_loss(a, c, 2.0, extra_lhs_groups=eg, impl=impl, **kw), (x, y))
+    for impl in ("reference", "chunked"):
+        plain = gcl_loss(case["lhs"], case["rhs"], 2.0, impl=impl, **kw)
+        unique = gcl_loss(case["lhs"], case["rhs"], 2.0, extra_lhs_groups=torch.tensor([100, 101, 102]),
+                          impl=impl, **kw)
+        torch.testing.assert_close(plain, unique, rtol=0, atol=0)  # queries seen nowhere else mask nothing
+        masked = gcl_loss(case["lhs"], case["rhs"], 2.0, extra_lhs_groups=eg, impl=impl, **kw)
+        assert not torch.equal(masked, plain)  # the repeated queries among the extras are masked
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(extra_lhs_groups=torch.zeros(4, dtype=torch.long), lhs_groups=torch.zeros(4, dtype=torch.long)),
+     r"extra_lhs_groups: expected shape \[E\] with 0 <= E <= 3 \(B_R - B\), got \(4,\)"),
+    (dict(extra_lhs_groups=torch.zeros(2, dtype=torch.long)), r"extra_lhs_groups: given without lhs_groups"),
+    (dict(extra_lhs_groups=torch.zeros(2), lhs_groups=torch.zeros(4, dtype=torch.long)),
+     r"extra_lhs_groups: expected integer ids"),
+])
+def test_extra_lhs_groups_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        gcl_loss(torch.randn(4, 3), torch.randn(7, 3), 1.0, **kwargs)
+
+
+@pytest.mark.parametrize("impl", ["reference", "chunked"])
+def test_overflowing_logits_raise_the_same_error_in_every_impl(impl):
+    x = torch.full((3, 2), 1e20)
+    with pytest.raises(FloatingPointError, match=r"GCL loss is (nan|inf): the logits s \* <x, y> overflow torch.float32"):
+        gcl_loss(x, x.clone(), 10.0, impl=impl)
+
+
+def test_score_scale_edge_cases():
+    # a score equal to s_max after float32 rounding is not above it
+    w = score_to_weight(torch.tensor([100.3, 50.0]), "linear", s_max=100.3)
+    assert float(w.max()) <= 1.0 and abs(float(w[0]) - 1.0) < 1e-6
+    # a module with s_max below 1 builds (no phantom score of 1.0 is checked against it)
+    m = GCLLoss(weight_fn="linear", s_max=0.5)
+    assert torch.allclose(m.weights_from_scores(torch.tensor([0.5, 0.25])), torch.tensor([1.0, 0.5]))
+    with pytest.raises(ValueError, match="exceeds s_max"):
+        m.weights_from_scores(torch.tensor([0.6]))

@@ -40,9 +40,9 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "gcl-eval=gcl_train.cli_eval:main",
+            "gcl-eval=gcl_train.cli.eval:main",
             "gcl-qdrant=qdrant_plugin.cli:main",
-            "gcl-train=gcl_train.cli_train:main",
+            "gcl-train=gcl_train.cli.train:main",
         ],
     },
 )

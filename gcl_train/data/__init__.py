@@ -7,11 +7,17 @@ See `marqo_gs` for exactly what is read from each file and `fields` for field sp
 """
 from .errors import DataFormatError
 from .fields import (
+    DEFAULT_DOC_FIELD_WEIGHTS,
     DEFAULT_LEFT,
     DEFAULT_RIGHT,
+    DOC_FIELD_NAMES,
+    DOC_FIELDS,
+    DocField,
     FieldSpec,
     FieldSpecs,
     check_field_specs,
+    doc_field,
+    doc_field_specs,
     fuse_embeddings,
     is_missing,
     parse_field_specs,
@@ -38,7 +44,9 @@ from .marqo_gs import (
 )
 
 __all__ = [
-    "CSV_COLUMNS", "DEFAULT_LEFT", "DEFAULT_RIGHT", "DataFormatError", "FieldSpec", "FieldSpecs",
+    "CSV_COLUMNS", "DEFAULT_DOC_FIELD_WEIGHTS", "DEFAULT_LEFT", "DEFAULT_RIGHT", "DOC_FIELDS",
+    "DOC_FIELD_NAMES", "DataFormatError", "DocField", "FieldSpec", "FieldSpecs", "doc_field",
+    "doc_field_specs",
     "MarqoGSDataset", "PairRecord", "QUERY_KEY_SEPARATOR", "ReadStats", "SPLITS", "SPLIT_ALIASES",
     "SPLIT_CORPUS", "SPLIT_NAMES", "SUBSETS", "check_field_specs", "fuse_embeddings", "is_missing",
     "iter_corpus", "iter_pairs", "parse_field_specs", "query_key", "read_ground_truth", "read_queries",

@@ -61,10 +61,74 @@ class FieldSpec:
 
 FieldSpecs = Tuple[FieldSpec, ...]
 
+
+@dataclass(frozen=True)
+class DocField:
+    """One document field of the two-tower model: the project's field vocabulary.
+
+    Every other spelling of the document fields (the F_R axis of "pairs" training, the
+    default field weights, the evaluator's right-hand `FieldSpec`s, the Qdrant vector
+    names, CLI defaults) derives from `DOC_FIELDS`.
+
+    Args:
+        name: the field's name in the model, the loss, field-weight options and Qdrant
+            ("title", "image").
+        keys: record keys that may hold the value, tried in order (a MarqoGS CSV or
+            corpus has "image_local", the Hugging Face copy "image" bytes).
+        kind: "txt" or "img".
+        weight: the default weight (the reference evaluation's: image 0.9, title 0.1).
+    """
+
+    name: str
+    keys: Tuple[str, ...]
+    kind: str
+    weight: float
+
+    @property
+    def key(self) -> str:
+        """The primary record key (what the evaluator's field specs read)."""
+        return self.keys[0]
+
+
+#: The document fields, in the order of the F_R axis in "pairs" mode.
+DOC_FIELDS: Tuple[DocField, ...] = (
+    DocField("title", ("title",), "txt", 0.1),
+    DocField("image", ("image_local", "image"), "img", 0.9),
+)
+DOC_FIELD_NAMES: Tuple[str, ...] = tuple(f.name for f in DOC_FIELDS)
+DEFAULT_DOC_FIELD_WEIGHTS = {f.name: f.weight for f in DOC_FIELDS}
+
+
+def doc_field(name: str) -> DocField:
+    """The `DocField` called `name` (ValueError naming the known fields otherwise)."""
+    for f in DOC_FIELDS:
+        if f.name == name:
+            return f
+    raise ValueError(f"field: unknown document field {name!r}; expected one of {list(DOC_FIELD_NAMES)}")
+
+
+def doc_field_specs(field_weights=None) -> "FieldSpecs":
+    """The evaluator's document `FieldSpec`s for document field weights.
+
+    Fields with weight 0 are left out; images come first, as in the reference evaluation
+    (`--right-keys "['image_local', 'title']"`).
+
+    Example:
+        >>> [(s.key, s.weight) for s in doc_field_specs({"title": 0.1, "image": 0.9})]
+        [('image_local', 0.9), ('title', 0.1)]
+    """
+    fw = DEFAULT_DOC_FIELD_WEIGHTS if field_weights is None else field_weights
+    unknown = sorted(set(fw) - set(DOC_FIELD_NAMES))
+    if unknown:
+        raise ValueError(f"field_weights: unknown fields {unknown}; expected keys from {list(DOC_FIELD_NAMES)}")
+    order = sorted(DOC_FIELDS, key=lambda f: f.kind != "img")
+    return tuple(FieldSpec(f.key, f.kind, float(fw[f.name])) for f in order if float(fw.get(f.name, 0)) > 0)
+
+
 #: Query text, weight 1 (the reference evaluation's left side).
 DEFAULT_LEFT: FieldSpecs = (FieldSpec("query", "txt", 1.0),)
 #: Product image 0.9 and title 0.1 (the reference evaluation's right side).
-DEFAULT_RIGHT: FieldSpecs = (FieldSpec("image_local", "img", 0.9), FieldSpec("title", "txt", 0.1))
+DEFAULT_RIGHT: FieldSpecs = doc_field_specs()
 
 
 def _as_list(name: str, value) -> list:

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from gcl_train.cli_eval import main as cli_main
+from gcl_train.cli.eval import main as cli_main
 from gcl_train.data import FieldSpec, MarqoGSDataset, SPLITS
 from gcl_train.data.synthetic import write_dataset
 from gcl_train.evaluate import (

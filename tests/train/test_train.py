@@ -12,7 +12,7 @@ import torch
 
 pytest.importorskip("open_clip")
 
-from gcl_train.cli_train import main  # noqa: E402
+from gcl_train.cli.train import main  # noqa: E402
 from gcl_train.models import create_model, load_checkpoint  # noqa: E402
 from gcl_train.train import (  # noqa: E402
     Example,

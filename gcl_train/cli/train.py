@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Dict, List, Optional
 
-from .train import DIRECTIONS, NORMALIZATIONS, PRECISIONS, SCORE_COLUMNS, TrainConfig, train
+from ..train import DIRECTIONS, NORMALIZATIONS, PRECISIONS, SCORE_COLUMNS, TrainConfig, train
 
 WEIGHT_KINDS = ("constant", "linear", "power", "log", "reciprocal", "sigmoid")
 

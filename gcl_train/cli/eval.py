@@ -17,11 +17,11 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-from .data.errors import DataFormatError
-from .data.fields import DEFAULT_LEFT, DEFAULT_RIGHT, _as_list, parse_field_specs
-from .data.marqo_gs import SPLIT_ALIASES, SPLITS, MarqoGSDataset
-from .evaluate import GT_SOURCES, EvalConfig, RandomEncoder, evaluate
-from .metrics import REFERENCE_KS
+from ..data.errors import DataFormatError
+from ..data.fields import DEFAULT_LEFT, DEFAULT_RIGHT, _as_list, parse_field_specs
+from ..data.marqo_gs import SPLIT_ALIASES, SPLITS, MarqoGSDataset
+from ..evaluate import GT_SOURCES, EvalConfig, RandomEncoder, evaluate
+from ..metrics import REFERENCE_KS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -108,7 +108,7 @@ def _encoder(ap, a):
         return None
     if a.model == "random":
         return RandomEncoder(dim=64, seed=a.seed)
-    from . import models  # lazy: torch and open_clip only when a model is needed
+    from .. import models  # lazy: torch and open_clip only when a model is needed
 
     if a.checkpoint:
         return models.Encoder.from_checkpoint(a.checkpoint, device=a.device, batch_size=a.batch_size,

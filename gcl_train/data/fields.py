@@ -58,6 +58,11 @@ class FieldSpec:
                 f"FieldSpec.weight: expected a finite number >= 0 for key {self.key!r}, got {w!r}"
             )
 
+    @property
+    def keys(self) -> Tuple[str, ...]:
+        """`(key,)`: the record keys tried in order, as `DocField.keys` (one field protocol)."""
+        return (self.key,)
+
 
 FieldSpecs = Tuple[FieldSpec, ...]
 

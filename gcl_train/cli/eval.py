@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 from ..data.errors import DataFormatError
 from ..data.fields import DEFAULT_LEFT, DEFAULT_RIGHT, _as_list, parse_field_specs
 from ..data.marqo_gs import SPLIT_ALIASES, SPLITS, MarqoGSDataset
-from ..evaluate import GT_SOURCES, EvalConfig, RandomEncoder, evaluate
+from ..evaluation import GT_SOURCES, EvalConfig, RandomEncoder, evaluate
 from ..metrics import REFERENCE_KS
 
 

@@ -1,4 +1,4 @@
-"""gcl_train.evaluate: the protocol end to end on synthetic data, retrieval, outputs, CLI."""
+"""gcl_train.evaluation: the protocol end to end on synthetic data, retrieval, outputs, CLI."""
 import csv
 import json
 import os
@@ -9,7 +9,7 @@ import pytest
 from gcl_train.cli.eval import main as cli_main
 from gcl_train.data import FieldSpec, MarqoGSDataset, SPLITS
 from gcl_train.data.synthetic import write_dataset
-from gcl_train.evaluate import (
+from gcl_train.evaluation import (
     EmbeddingTable,
     EvalConfig,
     ExactRetriever,

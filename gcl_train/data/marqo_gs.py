@@ -1,4 +1,4 @@
-"""Streaming readers for the MarqoGS-10M layout (GCL_SPEC section 4).
+"""Streaming readers for the MarqoGS-10M layout:
 
     <root>/                      marqo_gs_full_10m, marqo_gs_fashion_5m or marqo_gs_wfash_1m
       corpus_1.json, corpus_2.json
@@ -29,9 +29,15 @@ What is read, exactly:
 * Queries (`*_queries.json`): a list of strings, a list of objects with `query`, an
   object `{id: query_text}` (string values), or an object keyed by query text.
 
-Malformed files raise `DataFormatError` naming the file and line. A CSV row whose required
-field is missing is counted in `ReadStats` (reason and first line numbers) and skipped,
-never silently; `on_missing="raise"` turns that into an error instead.
+Every file may be gzip-compressed (a `.gz` name, or gzip content under any name) and
+may start with a UTF-8 byte-order mark. Malformed files raise `DataFormatError` naming
+the file and line: invalid UTF-8, NUL bytes, a damaged gzip stream (with the last line
+read), a CSV record or JSON value longer than `MAX_RECORD_BYTES` / `MAX_VALUE_CHARS`
+(an unbalanced quote). A path that is a directory, a FIFO, a broken symlink or a symlink
+loop raises FileNotFoundError saying so. A CSV row whose required field is missing is
+counted in `ReadStats` (reason and first line numbers) and skipped, never silently;
+`on_missing="raise"` turns that into an error instead. `iter_pairs(..., numeric=cols)`
+validates score columns as the file is read (`check_score`).
 """
 from __future__ import annotations
 
@@ -40,6 +46,7 @@ import csv
 import io
 import json
 import logging
+import math
 import os
 import sys
 from collections import Counter
@@ -48,7 +55,17 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import DataFormatError
 from .fields import is_missing
-from .jsonstream import iter_json_lines, iter_json_members, open_text
+from .jsonstream import (
+    GZIP_ERRORS,
+    encoding_hint,
+    gzip_error,
+    human_size,
+    iter_json_lines,
+    iter_json_members,
+    open_binary,
+    open_text,
+    require_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +97,9 @@ _KNOWN = frozenset(_INT_COLS + _FLOAT_COLS + _TEXT_COLS + ("image",))
 
 # a title field can legitimately exceed csv's default 128 KiB limit in scraped data
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+#: A CSV record (all its physical lines) longer than this many bytes is refused: it is an
+#: unbalanced quote swallowing the rest of the file, or not a CSV file at all.
+MAX_RECORD_BYTES = 256 << 20
 
 
 def resolve_split(split: str) -> str:
@@ -189,6 +209,59 @@ def _parse_number(path, line, col, text, kind):
     return v
 
 
+_SCORE_MISSING = frozenset({"", "none", "null", "na", "n/a"})
+
+
+def check_score(path, line: int, column: str, value) -> Optional[float]:
+    """Validate one score cell as it is read: a finite number >= 0, as a float.
+
+    Args:
+        path, line: the file and 1-based line (or parquet row), for the error.
+        column: the column name, for the error.
+        value: the cell: text from a CSV, or a number (parquet).
+
+    Returns:
+        The score as a float, or None for a missing cell (None, empty or blank text,
+        "none" / "null" / "na" / "n/a"), which callers count as missing.
+
+    Raises:
+        DataFormatError(path, line, ...) naming the column and the value for text that is
+        not a number, NaN (also the text "nan"), +-inf, a negative number, or a bool.
+
+    Example:
+        >>> check_score("s.csv", 2, "score_linear", "87")
+        87.0
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        t = value.strip()
+        if t.lower() in _SCORE_MISSING:
+            return None
+        try:
+            v = float(t)
+        except ValueError:
+            raise DataFormatError(path, line, f"column {column!r}: expected a number, got {value!r}") from None
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        v = float(value)
+    else:
+        raise DataFormatError(path, line, f"column {column!r}: expected a number, got {value!r}")
+    if not math.isfinite(v):
+        raise DataFormatError(path, line, f"column {column!r}: expected a finite number, got {value!r}")
+    if v < 0:
+        raise DataFormatError(path, line, f"column {column!r}: expected a score >= 0, got {value!r}")
+    return v
+
+
+def _check_numeric(path, line, col, value):
+    v = check_score(path, line, col, value)
+    if v is not None and col in _INT_COLS:
+        if not v.is_integer():
+            raise DataFormatError(path, line, f"column {col!r}: expected an integer, got {value!r}")
+        return int(v)
+    return v
+
+
 def _decode_image_cell(value):
     if isinstance(value, dict):
         b = value.get("bytes")
@@ -238,14 +311,17 @@ def _text_cell(v: str) -> Optional[str]:
 class _CsvRowConverter:
     """Turns the cells of one CSV row into a `PairRecord`; per-column work decided once per file."""
 
-    def __init__(self, path: str, header: List[str], columns: Optional[Sequence[str]] = None):
+    def __init__(self, path: str, header: List[str], columns: Optional[Sequence[str]] = None,
+                 numeric: Sequence[str] = ()):
         self.path = path
         self.plan = []
-        keep = None if columns is None else set(columns) | {"query", "product_id"}
+        keep = None if columns is None else set(columns) | {"query", "product_id"} | set(numeric)
         for idx, col in enumerate(header):
             if keep is not None and col not in keep:
                 continue
-            if col in _INT_COLS:
+            if col in numeric:
+                kind = "numeric"
+            elif col in _INT_COLS:
                 kind = "int"
             elif col in _FLOAT_COLS:
                 kind = "float"
@@ -282,6 +358,8 @@ class _CsvRowConverter:
                 if v is not None and v.startswith("data:"):
                     v = _decode_data_uri(self.path, line, v)
                 kw[col] = v
+            elif kind == "numeric":
+                (kw if col in _KNOWN else extra)[col] = _check_numeric(self.path, line, col, v)
             else:
                 extra[col] = v
         if "query" not in kw or "product_id" not in kw:
@@ -314,6 +392,7 @@ def iter_pairs(
     stats: Optional[ReadStats] = None,
     on_missing: str = "skip",
     columns: Optional[Sequence[str]] = None,
+    numeric: Sequence[str] = (),
 ) -> Iterator[PairRecord]:
     """Stream the rows of a split file as `PairRecord`s, one at a time.
 
@@ -324,48 +403,86 @@ def iter_pairs(
         optional: columns whose absence is only counted (e.g. "title", "image_local").
         stats: filled while reading (rows, skipped with reasons and lines, missing).
         on_missing: "skip" (count and leave out) or "raise".
-        columns: parse only these columns (plus query, product_id, required and
-            optional); the others stay None. Saves time on multi-million-row passes.
+        columns: parse only these columns (plus query, product_id, required,
+            optional and numeric); the others stay None. Saves time on
+            multi-million-row passes.
+        numeric: score columns to validate while reading, e.g. ("score_linear",): each
+            cell goes through `check_score` and becomes a float (an int for
+            `position`), also for columns outside `CSV_COLUMNS` (in `rec.extra`). A
+            cell that is not a number, NaN, +-inf or negative raises DataFormatError
+            with the file and line; an empty cell is None (missing, so counted and
+            skipped when the column is also in `required`). The header must name
+            every numeric column.
 
     Raises:
         DataFormatError (file and line) for an empty file, a header without `query` /
-        `product_id`, a row with the wrong number of cells, an unparsable number, a
-        broken quote or invalid UTF-8. FileNotFoundError for a missing file.
+        `product_id` (or a required / numeric column), a row with the wrong number of
+        cells, an unparsable number, a bad score (`numeric`), a broken quote, a record
+        longer than `MAX_RECORD_BYTES`, NUL bytes, invalid UTF-8 or a damaged gzip
+        stream. FileNotFoundError for a missing file (or a directory, a FIFO, a broken
+        symlink).
 
     Example:
-        >>> # for rec in iter_pairs("marqo_gs_wfash_1m/query_0_product_id_0.csv"): rec.score_linear
+        >>> # for rec in iter_pairs("marqo_gs_wfash_1m/query_0_product_id_0.csv",
+        >>> #                       required=("query", "product_id", "score_linear"),
+        >>> #                       numeric=("score_linear",)): rec.score_linear
     """
     if on_missing not in ("skip", "raise"):
         raise ValueError(f"on_missing: expected 'skip' or 'raise', got {on_missing!r}")
+    if isinstance(numeric, str) or not all(isinstance(c, str) and c for c in numeric):
+        raise ValueError(f"numeric: expected a sequence of column names, e.g. ('score_linear',), got {numeric!r}")
+    numeric = tuple(numeric)
     if stats is None:
         stats = ReadStats()
     stats.path = str(path)
     path = str(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"split file not found: {path}")
+    require_file(path, "split file")
     if path.endswith(".parquet"):
-        yield from _iter_parquet(path, required, optional, stats, on_missing)
+        yield from _iter_parquet(path, required, optional, stats, on_missing, numeric)
     else:
-        yield from _iter_csv(path, required, optional, stats, on_missing, columns)
+        yield from _iter_csv(path, required, optional, stats, on_missing, columns, numeric)
     if stats.n_skipped:
         log.warning("%s", stats.summary())
 
 
-def _open_binary(path: str):
-    if path.endswith(".gz"):
-        import gzip
+def _csv_lines(path: str, fb, state: List[int]) -> Iterator[str]:
+    """The physical lines of a CSV file for `csv.reader`, decoded one by one (so a bad
+    byte is reported at its own line), with the checks the csv module does not make:
+    NUL bytes, a damaged gzip stream, and a record that grows past `MAX_RECORD_BYTES`.
 
-        return gzip.open(path, "rb")
-    return open(path, "rb")
-
-
-def _decoded_lines(path: str, fb) -> Iterator[str]:
-    # decode line by line (not in 8 KiB chunks) so a bad byte is reported at its own line
-    for lineno, raw in enumerate(fb, 1):
+    `state` is [lines read, bytes read, first line of the current record, bytes read
+    before it]; the caller sets the last two after each record."""
+    limit = MAX_RECORD_BYTES
+    readline = fb.readline
+    while True:
         try:
-            yield raw.decode("utf-8")
+            raw = readline(limit + 1 - (state[1] - state[3]))
+        except GZIP_ERRORS as e:
+            raise gzip_error(path, e, state[0]) from None
+        if not raw:
+            return
+        state[0] += 1
+        state[1] += len(raw)
+        if state[1] - state[3] > limit:
+            raise DataFormatError(path, state[2], f"a record longer than {human_size(limit)} starts here "
+                                                  "(an unbalanced quote, or not a CSV file?)")
+        try:
+            text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise DataFormatError(path, lineno, f"not valid UTF-8 ({e})") from None
+            hint = encoding_hint(path) if state[0] == 1 else ""
+            raise DataFormatError(path, state[0], f"not valid UTF-8 ({e}){hint}") from None
+        if "\x00" in text:
+            raise DataFormatError(path, state[0], "NUL byte in the line (a corrupt or binary file?)")
+        if state[0] == 1 and text.startswith("\ufeff"):
+            text = text[1:]
+        yield text
+
+
+_CR_HINT = " (lone CR line endings? re-save the file with LF or CRLF line endings)"
+
+
+def _csv_error(e: csv.Error) -> str:
+    return f"{e}{_CR_HINT}" if "new-line character seen in unquoted field" in str(e) else str(e)
 
 
 def _decode_data_uri(path, line, uri: str) -> bytes:
@@ -378,27 +495,32 @@ def _decode_data_uri(path, line, uri: str) -> bytes:
         raise DataFormatError(path, line, f"column 'image': invalid base64 ({e})") from None
 
 
-def _iter_csv(path, required, optional, stats, on_missing, columns):
-    with _open_binary(path) as fb:
-        reader = csv.reader(_decoded_lines(path, fb), strict=True)
+def _iter_csv(path, required, optional, stats, on_missing, columns, numeric=()):
+    with open_binary(path) as fb:
+        state = [0, 0, 1, 0]
+        reader = csv.reader(_csv_lines(path, fb, state), strict=True)
         try:
             header = next(reader)
         except StopIteration:
             raise DataFormatError(path, 1, "empty file, expected a CSV header row") from None
-        except (csv.Error, UnicodeDecodeError) as e:
-            raise DataFormatError(path, 1, f"unreadable CSV header ({e})") from None
+        except csv.Error as e:
+            raise DataFormatError(path, 1, f"unreadable CSV header ({_csv_error(e)})") from None
+        state[2], state[3] = state[0] + 1, state[1]
         header = [h.strip() for h in header]
         if header and header[0].startswith("\ufeff"):
             header[0] = header[0][1:]
         for col in ("query", "product_id") + tuple(required):
             if col not in header:
                 raise DataFormatError(path, 1, f"header has no {col!r} column; columns are {header}")
+        for col in numeric:
+            if col not in header:
+                raise DataFormatError(path, 1, f"header has no {col!r} column (named in numeric); columns are {header}")
         dupes = [h for h, n in Counter(header).items() if n > 1]
         if dupes:
             raise DataFormatError(path, 1, f"duplicate column names {dupes}")
         ncol = len(header)
         convert = _CsvRowConverter(
-            path, header, None if columns is None else tuple(columns) + tuple(required) + tuple(optional))
+            path, header, None if columns is None else tuple(columns) + tuple(required) + tuple(optional), numeric)
         prev_line = reader.line_num
         while True:
             try:
@@ -406,11 +528,10 @@ def _iter_csv(path, required, optional, stats, on_missing, columns):
             except StopIteration:
                 break
             except csv.Error as e:
-                raise DataFormatError(path, prev_line + 1, f"malformed CSV ({e})") from None
-            except UnicodeDecodeError as e:
-                raise DataFormatError(path, prev_line + 1, f"not valid UTF-8 ({e})") from None
+                raise DataFormatError(path, prev_line + 1, f"malformed CSV ({_csv_error(e)})") from None
             line = prev_line + 1
             prev_line = reader.line_num
+            state[2], state[3] = prev_line + 1, state[1]
             if not cells:
                 continue  # blank line
             stats.rows += 1
@@ -421,24 +542,30 @@ def _iter_csv(path, required, optional, stats, on_missing, columns):
                 yield rec
 
 
-def _iter_parquet(path, required, optional, stats, on_missing):
+def _iter_parquet(path, required, optional, stats, on_missing, numeric=()):
     try:
+        import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise ImportError(f"reading {path} needs pyarrow (pip install pyarrow)") from None
-    pf = pq.ParquetFile(path)
-    names = pf.schema_arrow.names
-    for col in ("query", "product_id") + tuple(required):
-        if col not in names:
-            raise DataFormatError(path, 0, f"parquet schema has no {col!r} column; columns are {names}")
     line = 0
-    for batch in pf.iter_batches(batch_size=4096):
-        for row in batch.to_pylist():
-            line += 1  # the row number stands in for a line
-            stats.rows += 1
-            rec = _make_record(path, line, row)
-            if _accept(rec, required, optional, stats, on_missing, path):
-                yield rec
+    try:
+        pf = pq.ParquetFile(path)
+        names = pf.schema_arrow.names
+        for col in ("query", "product_id") + tuple(required) + tuple(numeric):
+            if col not in names:
+                raise DataFormatError(path, 0, f"parquet schema has no {col!r} column; columns are {names}")
+        for batch in pf.iter_batches(batch_size=4096):
+            for row in batch.to_pylist():
+                line += 1  # the row number stands in for a line
+                stats.rows += 1
+                for col in numeric:
+                    row[col] = _check_numeric(path, line, col, row[col])
+                rec = _make_record(path, line, row)
+                if _accept(rec, required, optional, stats, on_missing, path):
+                    yield rec
+    except pa.ArrowException as e:
+        raise DataFormatError(path, 0, f"unreadable parquet file after row {line} ({type(e).__name__}: {e})") from None
 
 
 def iter_corpus(path: str) -> Iterator[Tuple[str, Dict[str, Any]]]:
@@ -449,14 +576,14 @@ def iter_corpus(path: str) -> Iterator[Tuple[str, Dict[str, Any]]]:
 
     Raises:
         DataFormatError naming file and line for malformed JSON, a product that is not an
-        object, a record without an id, or a duplicate product id.
+        object, a record without an id, an empty id or one that is neither a string nor
+        an integer, or a duplicate product id.
 
     Example:
         >>> # ids = [pid for pid, doc in iter_corpus("corpus_1.json")]
     """
     path = str(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"corpus file not found: {path}")
+    require_file(path, "corpus file")
     seen = set()
     if path.endswith((".jsonl", ".jsonl.gz")):
         source = ((None, v, ln) for ln, v in iter_json_lines(path))
@@ -464,27 +591,40 @@ def iter_corpus(path: str) -> Iterator[Tuple[str, Dict[str, Any]]]:
         source = iter_json_members(path)
     for key, value, line in source:
         if not isinstance(value, dict):
-            raise DataFormatError(path, line, f"expected a product object, got {type(value).__name__}")
+            hint = ""
+            if key in _CORPUS_ID_KEYS and line == 1:
+                hint = " (one product object per line is JSON lines: name the file .jsonl)"
+            raise DataFormatError(path, line, f"expected a product object, got {type(value).__name__}{hint}")
         if isinstance(key, str):
             pid = key
         else:
             pid = next((value[k] for k in _CORPUS_ID_KEYS if k in value and not is_missing(value[k])), None)
             if pid is None:
                 raise DataFormatError(path, line, f"product record has none of the id keys {_CORPUS_ID_KEYS}")
+            if isinstance(pid, bool) or not isinstance(pid, (str, int)):
+                # str(1.0) == "1.0" would never match the CSV's "1"
+                raise DataFormatError(path, line, f"expected a string or integer product id, got {pid!r}")
             pid = str(pid)
+        if not pid.strip():
+            raise DataFormatError(path, line, f"empty product id {pid!r}")
         if pid in seen:
             raise DataFormatError(path, line, f"duplicate product id {pid!r}")
         seen.add(pid)
         yield pid, value
 
 
-def _rel(path, where, v) -> int:
+def _rel(path, where, v, rounded: List[Any]) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
         raise DataFormatError(path, 0, f"{where}: expected a numeric relevance, got {v!r}")
-    r = int(round(v))
-    if r < 0:
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise DataFormatError(path, 0, f"{where}: expected a finite relevance, got {v!r}")
+        if not v.is_integer():
+            rounded.append(v)
+        v = math.floor(v + 0.5)  # half up: 0.5 stays relevant (round() would make it 0)
+    if v < 0:
         raise DataFormatError(path, 0, f"{where}: expected a relevance >= 0, got {v!r}")
-    return r
+    return int(v)
 
 
 def read_ground_truth(path: str) -> Dict[str, Dict[str, int]]:
@@ -492,58 +632,84 @@ def read_ground_truth(path: str) -> Dict[str, Dict[str, int]]:
 
     Accepted shapes are listed in the module docstring; query keys lose the reference
     evaluation's single trailing `_{!@#~}_`. Order of queries and documents is kept.
+    Non-integer relevances are rounded half up, with one warning that counts them.
 
     Raises:
-        DataFormatError naming the file (and line for invalid JSON) for any other shape.
+        DataFormatError naming the file (and line for invalid JSON) for any other shape,
+        a relevance that is negative, NaN or infinite, a key that appears twice in one
+        JSON object, a query that appears twice (also as "q" and "q_{!@#~}_"), or a
+        product listed twice under one query.
     """
     path = str(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"ground-truth file not found: {path}")
+    require_file(path, "ground-truth file")
     data = _load_json(path)
     out: Dict[str, Dict[str, int]] = {}
+    raw_key: Dict[str, str] = {}
+    rounded: List[Any] = []
 
-    def add(q, d, r, where):
+    def start_query(q, where):
         if not isinstance(q, str) or is_missing(q):
             raise DataFormatError(path, 0, f"{where}: expected a query string, got {q!r}")
-        if is_missing(d) or isinstance(d, (dict, list)):
+        key = _normalize_query_key(q)
+        if raw_key.setdefault(key, q) != q:
+            raise DataFormatError(path, 0, f"query {key!r} appears twice (as {raw_key[key]!r} and {q!r})")
+        return out.setdefault(key, {})
+
+    def add(docs, d, r, where, q):
+        if is_missing(d) or isinstance(d, (dict, list, bool)):
             raise DataFormatError(path, 0, f"{where}: expected a product id, got {d!r}")
-        out.setdefault(_normalize_query_key(q), {})[str(d)] = _rel(path, where, r)
+        d = str(d)
+        if d in docs:
+            raise DataFormatError(path, 0, f"{where}: product {d!r} appears twice under query {q!r}")
+        docs[d] = _rel(path, where, r, rounded)
 
     if isinstance(data, dict):
         for q, docs in data.items():
             where = f"query {q!r}"
+            qdocs = start_query(q, where)
             if isinstance(docs, dict):
                 for d, r in docs.items():
-                    add(q, d, r, where)
+                    add(qdocs, d, r, where, q)
             elif isinstance(docs, list):
                 for item in docs:
                     if isinstance(item, (list, tuple)) and len(item) == 2:
-                        add(q, item[0], item[1], where)
+                        add(qdocs, item[0], item[1], where, q)
                     elif isinstance(item, (str, int)) and not isinstance(item, bool):
-                        add(q, item, 1, where)
+                        add(qdocs, item, 1, where, q)
                     else:
                         raise DataFormatError(path, 0, f"{where}: expected product ids or [id, relevance] pairs, got {item!r}")
             else:
                 raise DataFormatError(path, 0, f"{where}: expected an object or a list of products, got {docs!r}")
-            out.setdefault(_normalize_query_key(q), {})
     elif isinstance(data, list):
         for i, item in enumerate(data):
             where = f"record {i}"
             if not isinstance(item, dict) or "query" not in item:
                 raise DataFormatError(path, 0, f"{where}: expected an object with 'query', got {item!r}")
+            q = item["query"]
+            if isinstance(q, str) and q in raw_key.values():
+                qdocs = out[_normalize_query_key(q)]
+            else:
+                qdocs = start_query(q, where)
             pid = next((item[k] for k in _CORPUS_ID_KEYS if k in item), None)
             rel = next((item[k] for k in _GT_REL_KEYS if k in item), 1)
-            add(item["query"], pid, rel, where)
+            add(qdocs, pid, rel, where, q)
     else:
         raise DataFormatError(path, 0, f"expected a JSON object or array, got {type(data).__name__}")
+    if rounded:
+        log.warning("%s: %d non-integer relevances rounded to integers (half up), e.g. %r",
+                    path, len(rounded), rounded[0])
     return out
 
 
 def read_queries(path: str) -> List[str]:
-    """Read a `*_queries.json` file as a list of query strings (shapes in the module docstring)."""
+    """Read a `*_queries.json` file as a list of query strings (shapes in the module docstring).
+
+    Raises:
+        DataFormatError naming the file for any other shape, including an object whose
+        values are partly strings (neither {id: text} nor keyed by text).
+    """
     path = str(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"queries file not found: {path}")
+    require_file(path, "queries file")
     data = _load_json(path)
     if isinstance(data, list):
         out = []
@@ -556,20 +722,49 @@ def read_queries(path: str) -> List[str]:
                 raise DataFormatError(path, 0, f"element {i}: expected a string or an object with 'query', got {item!r}")
         return [_normalize_query_key(q) for q in out]
     if isinstance(data, dict):
-        if data and all(isinstance(v, str) for v in data.values()):
+        n_str = sum(isinstance(v, str) for v in data.values())
+        if data and n_str == len(data):
             return [_normalize_query_key(v) for v in data.values()]
+        if n_str:
+            example = next(k for k, v in data.items() if not isinstance(v, str))
+            raise DataFormatError(path, 0, f"the object mixes string and non-string values (e.g. {example!r}: "
+                                           f"{data[example]!r}): expected {{id: query text}} or keys that are the queries")
         return [_normalize_query_key(str(k)) for k in data]
     raise DataFormatError(path, 0, f"expected a JSON list or object, got {type(data).__name__}")
 
 
+def _unique_keys(path):
+    def hook(pairs):
+        out = dict(pairs)
+        if len(out) != len(pairs):
+            seen = set()
+            dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+            raise DataFormatError(path, 0, f"duplicate key {dup!r} in one JSON object")
+        return out
+    return hook
+
+
 def _load_json(path: str):
+    """A whole (small) JSON file: gzip or plain, a BOM dropped, duplicate keys refused."""
+    parts, lines = [], 0
     try:
         with open_text(path) as f:
-            return json.load(f)
+            while True:
+                chunk = f.read(1 << 16)
+                if not chunk:
+                    break
+                parts.append(chunk)
+                lines += chunk.count("\n")
+    except GZIP_ERRORS as e:
+        raise gzip_error(path, e, lines) from None
+    except UnicodeDecodeError as e:
+        raise DataFormatError(path, lines + 1, f"not valid UTF-8 ({e}){encoding_hint(path)}") from None
+    try:
+        return json.loads("".join(parts), object_pairs_hook=_unique_keys(path))
     except json.JSONDecodeError as e:
         raise DataFormatError(path, e.lineno, f"invalid JSON: {e.msg} (column {e.colno})") from None
-    except UnicodeDecodeError as e:
-        raise DataFormatError(path, 0, f"not valid UTF-8 ({e})") from None
+    except RecursionError:
+        raise DataFormatError(path, 0, "JSON nested too deeply to decode") from None
 
 
 class MarqoGSDataset:

@@ -33,6 +33,10 @@ class GCLLoss(nn.Module):
         direction, normalize, field_weights, impl: as in `gcl_loss`.
         learn_logit_scale: make the log scale an `nn.Parameter`.
         init_logit_scale: initial multiplier s (> 0, at most max_logit_scale).
+        logit_scale: an existing 0-dim log-scale Parameter to use instead of creating one
+            (e.g. an open_clip model's `logit_scale`), so the model, its optimizer and its
+            checkpoints hold the one value; init_logit_scale and learn_logit_scale are
+            then not used.
         max_logit_scale: upper clamp applied on use; None for no clamp.
 
     Shape:
@@ -59,6 +63,7 @@ class GCLLoss(nn.Module):
         init_logit_scale: float = 1 / 0.07,
         max_logit_scale: Optional[float] = 100.0,
         impl: str = "auto",
+        logit_scale: Optional[nn.Parameter] = None,
     ):
         super().__init__()
         if not callable(weight_fn) and weight_fn not in KINDS:
@@ -71,10 +76,10 @@ class GCLLoss(nn.Module):
         if max_logit_scale is not None and not (
                 isinstance(max_logit_scale, (int, float)) and math.isfinite(max_logit_scale) and max_logit_scale > 0):
             raise ValueError(f"max_logit_scale: expected a finite number > 0 or None, got {max_logit_scale!r}")
-        if not (isinstance(init_logit_scale, (int, float)) and math.isfinite(init_logit_scale)
-                and init_logit_scale > 0):
+        if logit_scale is None and not (isinstance(init_logit_scale, (int, float))
+                                        and math.isfinite(init_logit_scale) and init_logit_scale > 0):
             raise ValueError(f"init_logit_scale: expected a finite number > 0, got {init_logit_scale!r}")
-        if max_logit_scale is not None and init_logit_scale > max_logit_scale:
+        if logit_scale is None and max_logit_scale is not None and init_logit_scale > max_logit_scale:
             raise ValueError(
                 f"init_logit_scale: {init_logit_scale} exceeds max_logit_scale={max_logit_scale}")
         if weight_params is not None and not isinstance(weight_params, dict):
@@ -104,6 +109,13 @@ class GCLLoss(nn.Module):
             self.register_buffer("field_weights", field_weights)
         else:
             self.field_weights = None
+        if logit_scale is not None:
+            if not isinstance(logit_scale, torch.Tensor) or logit_scale.numel() != 1 \
+                    or not logit_scale.is_floating_point():
+                raise ValueError(f"logit_scale: expected a 0-dim floating Parameter (the log of the "
+                                 f"scale), got {type(logit_scale).__name__}")
+            self.logit_scale = logit_scale  # shared, not copied
+            return
         log_scale = torch.tensor(math.log(init_logit_scale), dtype=torch.float32)
         if learn_logit_scale:
             self.logit_scale = nn.Parameter(log_scale)

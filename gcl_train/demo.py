@@ -29,7 +29,8 @@ import time
 from typing import Any, Dict, List, Optional, Sequence
 
 from .fileio import atomic_write, atomic_write_json
-from .train import TrainConfig, eval_right_fields, is_finished, train
+from .data import doc_field_specs
+from .training import TrainConfig, is_finished, train
 
 log = logging.getLogger("gcl_train.demo")
 
@@ -94,7 +95,7 @@ def stage_eval(args, data: str, model_path: str, out_dir: str):
 
     cfg = train_config(args, data, "unused", "linear")
     enc = Encoder.from_checkpoint(model_path, batch_size=256)
-    config = EvalConfig(right=eval_right_fields(cfg.field_weights), n_queries=args.eval_queries)
+    config = EvalConfig(right=doc_field_specs(cfg.field_weights), n_queries=args.eval_queries)
     report = evaluate(MarqoGSDataset(data), "all", encoder=enc, config=config, out_dir=out_dir,
                       progress=not args.quiet, resume=True)
     return report

@@ -1,4 +1,4 @@
-"""gcl_train.train and the gcl-train entry point: batches, loss glue, schedule, smoke runs, resume."""
+"""gcl_train.training and the gcl-train entry point: batches, loss glue, schedule, smoke runs, resume."""
 from __future__ import annotations
 
 import json
@@ -14,7 +14,7 @@ pytest.importorskip("open_clip")
 
 from gcl_train.cli.train import main  # noqa: E402
 from gcl_train.models import create_model, load_checkpoint  # noqa: E402
-from gcl_train.train import (  # noqa: E402
+from gcl_train.training import (  # noqa: E402
     Example,
     TrainConfig,
     build_optimizer,
@@ -174,14 +174,16 @@ def test_ce_baseline_loss_equals_open_clip_clip_loss(tiny, data_root):
     cfg = TrainConfig(data=data_root, out="unused", weight_fn="constant", use_groups=False)
     model = tiny.model
     with torch.no_grad():
-        got = compute_loss(model, b, cfg, s_max=100.0)
-        q, docs = embed(model, b, cfg)
+        got = compute_loss(model, b, loss_module(model, 100.0, **cfg.loss_options()), cfg.field_weights,
+                           cfg.field_mode, cfg.use_groups)
+        q, docs = embed(model, b, cfg.field_weights, cfg.field_mode)
         want = ClipLoss()(q, docs, model.logit_scale.exp())
     assert float(got) == pytest.approx(float(want), rel=1e-5)
     # with weights from the scores the loss changes (and stays finite)
     cfg_gcl = TrainConfig(data=data_root, out="unused", weight_fn="linear", use_groups=False)
     with torch.no_grad():
-        gcl = compute_loss(model, b, cfg_gcl, s_max=100.0)
+        gcl = compute_loss(model, b, loss_module(model, 100.0, **cfg_gcl.loss_options()), cfg_gcl.field_weights,
+                           cfg_gcl.field_mode, cfg_gcl.use_groups)
     assert math.isfinite(float(gcl)) and float(gcl) != pytest.approx(float(want), rel=1e-3)
 
 
@@ -189,7 +191,7 @@ def test_loss_module_shares_the_models_logit_scale(tiny, data_root):
     """One scale: GCLLoss.scale() reads the model's Parameter, clamped at max_logit_scale."""
     model = create_model("tiny", seed=0).model
     cfg = TrainConfig(data=data_root, out="unused", max_logit_scale=50.0, use_groups=False)
-    loss_fn = loss_module(model, cfg, s_max=100.0)
+    loss_fn = loss_module(model, 100.0, **cfg.loss_options())
     assert loss_fn.logit_scale is model.logit_scale
     assert float(loss_fn.scale().detach()) == pytest.approx(1 / 0.07, rel=1e-5)
     with torch.no_grad():
@@ -200,7 +202,7 @@ def test_loss_module_shares_the_models_logit_scale(tiny, data_root):
     exs = [_ex(f"query {i}", f"q{i}", f"p{i}", f"title {i}", str(10 * i), 50 + i) for i in range(4)]
     b = make_batch(exs, tiny, _Images(), {"title": 0.5, "image": 0.5})
     model.zero_grad()
-    compute_loss(model, b, cfg, 100.0, loss_fn).backward()
+    compute_loss(model, b, loss_fn, cfg.field_weights, cfg.field_mode, cfg.use_groups).backward()
     assert model.logit_scale.grad is not None and float(model.logit_scale.grad) != 0.0
 
 

@@ -1,0 +1,49 @@
+"""Two-tower models for GCL: build (`factory`), checkpoint (`checkpoint`), fuse document
+fields (`fields`) and encode (`encoder`).
+
+The library half of training (open_clip's `src/open_clip/` to our `gcl_train.training`):
+everything here works without the training loop.
+
+- `create_model(model, pretrained=None, device="cpu")` builds an open_clip CLIP model from a
+  built-in architecture name ("ViT-B-32"), one of our own configs ("tiny", "small"), a
+  config dict or a JSON config file, plus its tokenizer and image preprocessing, and
+  returns them together as a `ModelBundle`. Nothing is ever downloaded.
+- `save_checkpoint` / `load_checkpoint`: one self-contained file, written atomically.
+- `Encoder`: inference wrapper implementing the evaluator's encoder protocol
+  `encoder(values: list, kind: "txt" | "img") -> np.ndarray [N, D]` (unit rows, float32).
+- `combine_document_fields` fuses document field embeddings ("mean") or keeps them apart
+  ("pairs"); `field_weight_vector` orders field weights like `DOC_FIELD_NAMES`.
+"""
+from ..data.fields import DEFAULT_DOC_FIELD_WEIGHTS, DOC_FIELD_NAMES
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    Checkpoint,
+    atomic_torch_save,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
+from .encoder import KINDS, Encoder, encode_images_tensor, encode_text_tensor
+from .factory import (
+    MODEL_CONFIGS,
+    SMALL_CONFIG,
+    TINY_CONFIG,
+    ModelBundle,
+    ModelSpec,
+    available_models,
+    create_model,
+    get_tokenizer,
+    make_preprocess,
+    resolve_model_config,
+)
+from .fields import FIELD_MODES, combine_document_fields, field_weight_vector
+
+__all__ = [
+    "TINY_CONFIG", "SMALL_CONFIG", "MODEL_CONFIGS", "DOC_FIELD_NAMES", "DEFAULT_DOC_FIELD_WEIGHTS",
+    "FIELD_MODES", "KINDS", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "ModelBundle", "ModelSpec",
+    "Checkpoint", "Encoder", "available_models", "resolve_model_config", "create_model",
+    "get_tokenizer", "make_preprocess", "save_checkpoint", "load_checkpoint", "read_checkpoint",
+    "atomic_torch_save", "field_weight_vector", "encode_text_tensor", "encode_images_tensor",
+    "combine_document_fields",
+]

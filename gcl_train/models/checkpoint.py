@@ -1,0 +1,164 @@
+"""Self-contained checkpoints: architecture config, state dict, tokenizer and
+preprocessing settings and training metadata in one file, written atomically, read back
+with `weights_only=True`; a checkpoint rebuilds its model with no network."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Union
+
+import torch
+
+from ..fileio import atomic_write
+from .factory import (
+    ModelBundle,
+    _build,
+    _check_config,
+    _default_preprocess_cfg,
+    get_tokenizer,
+    make_preprocess,
+)
+
+CHECKPOINT_FORMAT = "gcl-checkpoint"
+CHECKPOINT_VERSION = 1
+TOKENIZER_NAME = "openai-clip-bpe-16e6"  # open_clip.SimpleTokenizer with the wheel's vocabulary
+
+
+@dataclass
+class Checkpoint:
+    """What `load_checkpoint` returns.
+
+    Attributes:
+        bundle: the rebuilt model with tokenizer and preprocessing.
+        extra: whatever was passed as `extra` when saving (training state, metadata).
+        meta: format, version, creation time, library versions.
+    """
+
+    bundle: ModelBundle
+    extra: Dict[str, Any] = field(default_factory=dict)
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+
+def _versions() -> Dict[str, str]:
+    import open_clip
+
+    return {"python": platform.python_version(), "torch": str(torch.__version__),
+            "open_clip": str(open_clip.__version__)}
+
+
+def atomic_torch_save(obj: Any, path: Union[str, os.PathLike]) -> None:
+    """`torch.save` through `fileio.atomic_write` (temp file, fsync, `os.replace`)."""
+    atomic_write(path, lambda f: torch.save(obj, f), binary=True, durable=True)
+
+
+def save_checkpoint(
+    path: Union[str, os.PathLike],
+    model: Union[torch.nn.Module, ModelBundle],
+    model_config: Optional[Mapping[str, Any]] = None,
+    extra: Optional[Mapping[str, Any]] = None,
+    name: Optional[str] = None,
+) -> Path:
+    """Write a self-contained checkpoint atomically (temp file, then `os.replace`).
+
+    Args:
+        path: destination file (parent directories are created).
+        model: the module, or a `ModelBundle` (then `model_config` and `name` default to it).
+        model_config: the architecture config the model was built from.
+        extra: JSON-like training metadata and/or state (optimizer state dicts, step, RNG
+            states); tensors are fine. Stored as is under "extra".
+        name: architecture name to record (default: the bundle's name or "custom").
+
+    Returns:
+        The path written.
+
+    Example:
+        >>> b = create_model("tiny")
+        >>> save_checkpoint("/tmp/m.pt", b, extra={"step": 0})  # doctest: +SKIP
+    """
+    preprocess_cfg = None
+    if isinstance(model, ModelBundle):
+        model_config = model.config if model_config is None else model_config
+        name = model.name if name is None else name
+        preprocess_cfg = model.preprocess_cfg
+        net = model.model
+    else:
+        net = model
+    if not isinstance(net, torch.nn.Module):
+        raise ValueError(f"model: expected a torch.nn.Module or ModelBundle, got {type(net).__name__}")
+    if model_config is None:
+        raise ValueError("model_config: required when model is a bare module")
+    cfg = _check_config(model_config, "model_config")
+    if preprocess_cfg is None:
+        preprocess_cfg = _default_preprocess_cfg(cfg)
+    state = {k: v.detach().to("cpu") for k, v in net.state_dict().items()}
+    obj = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "name": name or "custom",
+        "model_config": cfg,
+        "state_dict": state,
+        "tokenizer": {"name": TOKENIZER_NAME,
+                      "context_length": int(cfg["text_cfg"].get("context_length", 77))},
+        "image_size": cfg["vision_cfg"].get("image_size", 224),
+        "preprocess_cfg": json.loads(json.dumps(preprocess_cfg, default=list)),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": _versions(),
+        "extra": dict(extra or {}),
+    }
+    atomic_torch_save(obj, path)
+    return Path(path)
+
+
+def read_checkpoint(path: Union[str, os.PathLike], map_location="cpu") -> Dict[str, Any]:
+    """The raw checkpoint dict, validated (no model is built)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint: no file at {path!r}")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated or foreign files
+        raise ValueError(f"checkpoint: {path!r} could not be read as a torch file: {e}") from None
+    if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"checkpoint: {path!r} is not a {CHECKPOINT_FORMAT} file "
+                         f"(for plain open_clip weights use create_model(..., pretrained=path))")
+    if obj.get("version", 0) > CHECKPOINT_VERSION:
+        raise ValueError(f"checkpoint: {path!r} has format version {obj.get('version')}, "
+                         f"this code reads up to {CHECKPOINT_VERSION}")
+    if obj["tokenizer"].get("name") != TOKENIZER_NAME:
+        raise ValueError(f"checkpoint: {path!r} uses tokenizer {obj['tokenizer'].get('name')!r}, "
+                         f"expected {TOKENIZER_NAME!r}")
+    return obj
+
+
+def load_checkpoint(path: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu") -> Checkpoint:
+    """Rebuild a model from a checkpoint written by `save_checkpoint` (no network).
+
+    Args:
+        path: checkpoint file.
+        device: where to put the model.
+
+    Returns:
+        `Checkpoint(bundle, extra, meta)`; the model is in eval mode.
+
+    Example:
+        >>> ck = load_checkpoint("runs/demo/model.pt")  # doctest: +SKIP
+        >>> enc = Encoder(ck.bundle)  # doctest: +SKIP
+    """
+    obj = read_checkpoint(path)
+    cfg = obj["model_config"]
+    net = _build(copy.deepcopy(cfg))
+    net.load_state_dict(obj["state_dict"])
+    net.to(torch.device(device)).eval()
+    pp = obj.get("preprocess_cfg") or _default_preprocess_cfg(cfg)
+    from open_clip import set_model_preprocess_cfg
+
+    set_model_preprocess_cfg(net, {**pp, "mean": tuple(pp["mean"]), "std": tuple(pp["std"])})
+    bundle = ModelBundle(net, get_tokenizer(int(obj["tokenizer"]["context_length"])),
+                         make_preprocess(pp), cfg, obj.get("name", "custom"), pp)
+    meta = {k: obj[k] for k in ("format", "version", "created", "versions", "image_size") if k in obj}
+    return Checkpoint(bundle, obj.get("extra", {}), meta)

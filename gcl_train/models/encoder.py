@@ -1,0 +1,151 @@
+"""`Encoder`: inference over a `ModelBundle` (batches, no_grad, device, unit float32
+numpy rows); it implements the evaluator's encoder protocol `encoder(values, kind)`."""
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import load_checkpoint
+from .factory import ModelBundle
+from .fields import combine_document_fields, field_weight_vector
+
+KINDS = ("txt", "img")
+
+
+def encode_images_tensor(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """L2-normalised image embeddings [N, D] from preprocessed pixels [N, 3, H, W]."""
+    return F.normalize(model.encode_image(images), dim=-1)
+
+
+def encode_text_tensor(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """L2-normalised text embeddings [N, D] from token ids [N, context_length]."""
+    return F.normalize(model.encode_text(tokens), dim=-1)
+
+
+class Encoder:
+    """Inference wrapper: batches, no_grad, device, unit float32 numpy rows.
+
+    Implements the evaluator's encoder protocol `encoder(values, kind)`: kind "txt" takes
+    strings, kind "img" takes PIL images (or paths to image files).
+
+    Args:
+        bundle: a `ModelBundle` (from `create_model` or `load_checkpoint().bundle`).
+        batch_size: values per forward pass.
+        device: defaults to the model's device; the model is moved there.
+        amp: autocast in bfloat16 on CUDA (outputs are still float32).
+        progress: show a tqdm bar for calls longer than one batch.
+
+    Example:
+        >>> enc = Encoder(create_model("tiny"))
+        >>> enc(["red dress", "blue shoe"], "txt").shape
+        (2, 32)
+    """
+
+    def __init__(self, bundle: ModelBundle, batch_size: int = 64,
+                 device: Optional[Union[str, torch.device]] = None, amp: bool = True,
+                 progress: bool = False):
+        if not isinstance(bundle, ModelBundle):
+            raise ValueError(f"bundle: expected a ModelBundle, got {type(bundle).__name__}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+        self.bundle = bundle
+        self.batch_size = batch_size
+        self.device = torch.device(device) if device is not None else bundle.device
+        self.bundle.model.to(self.device).eval()
+        self.amp = amp and self.device.type == "cuda"
+        self.progress = progress
+
+    @classmethod
+    def from_checkpoint(cls, path: Union[str, os.PathLike],
+                        device: Union[str, torch.device] = "cpu", **kwargs) -> "Encoder":
+        """Load a checkpoint and wrap it."""
+        return cls(load_checkpoint(path, device).bundle, device=device, **kwargs)
+
+    @property
+    def dim(self) -> int:
+        return self.bundle.embed_dim
+
+    def __call__(self, values: Sequence[Any], kind: str) -> np.ndarray:
+        """Encode `values` of `kind` ("txt" or "img") -> float32 [N, D], unit rows."""
+        if kind == "txt":
+            return self.encode_text(values)
+        if kind == "img":
+            return self.encode_images(values)
+        raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
+
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
+        """Strings -> float32 [N, D] unit rows."""
+        texts = _as_list(texts, "texts")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise ValueError(f"texts: expected str values, got {type(t).__name__} at index {i}")
+        return self._run(texts, lambda chunk: self.bundle.tokenizer(chunk), self.bundle.model.encode_text)
+
+    def encode_images(self, images: Sequence[Any]) -> np.ndarray:
+        """PIL images (or image file paths) -> float32 [N, D] unit rows."""
+        images = _as_list(images, "images")
+        return self._run(images, self._pixels, self.bundle.model.encode_image)
+
+    def encode_documents(self, titles: Sequence[Optional[str]], images: Sequence[Any],
+                         field_weights: Optional[Mapping[str, float]] = None) -> np.ndarray:
+        """Fused document vectors ("mean" mode): [N, D] unit rows.
+
+        A None title or image is a missing field: weight 0, the others renormalised. A row
+        with no present field of positive weight raises ValueError.
+        """
+        titles, images = _as_list(titles, "titles"), _as_list(images, "images")
+        if len(titles) != len(images):
+            raise ValueError(f"images: expected {len(titles)} values (one per title), got {len(images)}")
+        n = len(titles)
+        fw = field_weight_vector(field_weights)
+        emb = np.zeros((2, n, self.dim), dtype=np.float32)
+        present = np.zeros((n, 2), dtype=bool)
+        for f, (vals, enc) in enumerate(((titles, self.encode_text), (images, self.encode_images))):
+            idx = [i for i, v in enumerate(vals) if v is not None]
+            present[idx, f] = True
+            if idx:
+                emb[f, idx] = enc([vals[i] for i in idx])
+        fused = combine_document_fields(torch.from_numpy(emb), torch.from_numpy(present), "mean", fw)
+        return fused.numpy().astype(np.float32, copy=False)
+
+    def _pixels(self, chunk: List[Any]) -> torch.Tensor:
+        from PIL import Image
+
+        out = []
+        for i, img in enumerate(chunk):
+            if isinstance(img, (str, os.PathLike)):
+                with Image.open(img) as im:
+                    img = im.convert("RGB")
+            elif not isinstance(img, Image.Image):
+                raise ValueError(f"images: expected PIL images or file paths, got {type(img).__name__}")
+            out.append(self.bundle.preprocess(img))
+        return torch.stack(out)
+
+    @torch.no_grad()
+    def _run(self, values: List[Any], prepare, forward) -> np.ndarray:
+        if not values:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        from tqdm.auto import tqdm
+
+        starts = range(0, len(values), self.batch_size)
+        bar = tqdm(starts, desc="encode", unit="batch", disable=not self.progress or len(starts) < 2,
+                   leave=False)
+        out = []
+        for s in bar:
+            x = prepare(values[s:s + self.batch_size]).to(self.device, non_blocking=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+                z = forward(x)
+            out.append(F.normalize(z.float(), dim=-1).cpu())
+        return torch.cat(out).numpy()
+
+
+def _as_list(values, name: str) -> List[Any]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise ValueError(f"{name}: expected a list of values, got {type(values).__name__}")
+    return list(values)
+
+

@@ -1,0 +1,88 @@
+"""The loss of one batch: encode queries and document fields, fuse or pair the fields,
+and apply `gcl_kernels.GCLLoss` with the model's own logit scale (docs/method.md)."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Tuple
+
+import torch
+
+from gcl_kernels import GCLLoss
+
+from ..data import DOC_FIELD_NAMES
+from ..models import combine_document_fields, encode_images_tensor, encode_text_tensor, field_weight_vector
+from .data import Batch
+
+
+def loss_module(model: torch.nn.Module, s_max: float, *, weight_fn: str = "linear",
+                weight_params: Optional[Mapping[str, float]] = None, direction: str = "both",
+                normalize: str = "batch", field_mode: str = "mean",
+                field_weights: Optional[Mapping[str, float]] = None, max_logit_scale: float = 100.0,
+                impl: str = "auto") -> GCLLoss:
+    """A `gcl_kernels.GCLLoss` that uses the model's own logit scale.
+
+    The module's `logit_scale` is the model's Parameter itself, not a copy, so the
+    optimizer, the clamp after each step and the checkpoints see one value, and
+    `loss_fn.scale()` is exp(model.logit_scale) clamped at `max_logit_scale`.
+
+    Args:
+        model: a two-tower model with a 0-dim `logit_scale` Parameter (log of the scale).
+        s_max: the data set's largest score (`score_to_weight`'s s_max).
+        weight_fn, weight_params, direction, normalize, max_logit_scale, impl: as `GCLLoss`.
+        field_mode: "mean" (one fused document vector) or "pairs" (a softmax per field,
+            weighted by the normalised `field_weights`).
+        field_weights: document field weights ({"title": 0.1, "image": 0.9} by default).
+
+    Example:
+        >>> loss_fn = loss_module(bundle.model, 100.0, **cfg.loss_options())  # doctest: +SKIP
+        >>> float(loss_fn.scale())  # doctest: +SKIP
+    """
+    pair_weights = None
+    if field_mode == "pairs":
+        fw = field_weight_vector(field_weights)
+        pair_weights = (fw / fw.sum()).reshape(1, -1)
+    return GCLLoss(weight_fn=weight_fn, s_max=s_max, weight_params=dict(weight_params or {}),
+                   direction=direction, normalize=normalize, field_weights=pair_weights,
+                   max_logit_scale=max_logit_scale, impl=impl, logit_scale=model.logit_scale)
+
+
+def embed(model: torch.nn.Module, batch: Batch, field_weights: Optional[Mapping[str, float]],
+          field_mode: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Query embeddings [B, D] and document embeddings ([B, D] "mean", [2, B, D] "pairs").
+
+    Fields with zero weight are not encoded (a text-only run never touches the image tower).
+    """
+    fw = field_weight_vector(field_weights)
+    q = encode_text_tensor(model, batch.query_tokens)
+    parts, present = [], batch.present.clone()
+    for f, name in enumerate(DOC_FIELD_NAMES):
+        if fw[f] <= 0:
+            parts.append(None)
+            present[:, f] = False
+        elif name == "title":
+            parts.append(encode_text_tensor(model, batch.title_tokens))
+        else:
+            parts.append(encode_images_tensor(model, batch.images))
+    ref = next(p for p in parts if p is not None)
+    fields = torch.stack([p if p is not None else torch.zeros_like(ref) for p in parts])
+    docs = combine_document_fields(fields.float(), present, field_mode, fw.to(fields.device))
+    return q.float(), docs
+
+
+def compute_loss(model: torch.nn.Module, batch: Batch, loss_fn: GCLLoss,
+                 field_weights: Optional[Mapping[str, float]] = None, field_mode: str = "mean",
+                 use_groups: bool = True) -> torch.Tensor:
+    """The GCL loss of one batch (docs/method.md) with the model's logit scale.
+
+    Args:
+        model: the two-tower model; batch: from `make_batch`.
+        loss_fn: from `loss_module(model, ...)` (built once, reused every step).
+        field_weights, field_mode: as `loss_module`.
+        use_groups: mask repeated queries and products in the batch as non-negatives.
+    """
+    q, docs = embed(model, batch, field_weights, field_mode)
+    return loss_fn(q, docs, scores=batch.scores,
+                   lhs_groups=batch.lhs_groups if use_groups else None,
+                   rhs_groups=batch.rhs_groups if use_groups else None)
+
+
+__all__ = ["loss_module", "embed", "compute_loss"]

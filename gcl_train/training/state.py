@@ -1,0 +1,170 @@
+"""What a run directory holds and what resume restores: `TrainState` (saved in every
+checkpoint), `TrainResult` (`summary.json`), and the checkpoint files themselves.
+
+Run directory layout (`TrainConfig.out`):
+
+    config.json                  the training config (resolved)
+    data_scan.json               rows, usable rows, max score of the training split (cached)
+    checkpoints/step_XXXXXXXX.pt periodic checkpoints with the full training state
+    model.pt                     the final model (no optimizer state), for Encoder / Qdrant
+    log.jsonl                    one JSON line per logged step (loss, lr, throughput)
+    eval/step_XXXXXXXX/          periodic evaluation output (evaluator's JSON/CSV/PNG)
+    summary.json                 final step, loss curve summary, timing
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import torch
+
+from ..fileio import atomic_write_json
+
+STATE_VERSION = 1
+_STEP_RE = re.compile(r"step_(\d+)\.pt$")
+
+
+def rng_state() -> Dict[str, Any]:
+    """The torch RNG states (CPU, and every CUDA device when there is one)."""
+    st = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: Mapping[str, Any]) -> None:
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+@dataclass
+class TrainState:
+    """Where a run stands: what a checkpoint saves and resume restores (with the model,
+    optimizer and scheduler state dicts).
+
+    Attributes:
+        step: optimiser steps taken.
+        epoch: the current epoch.
+        consumed: examples of this epoch's shuffled stream already used (the resume point).
+        epoch_losses: mean loss of each finished epoch.
+        history: per-step losses of the current epoch.
+        first_loss, last_loss: the run's first and latest step loss.
+        evals: periodic evaluation results ({"step", "metrics"}).
+    """
+
+    step: int = 0
+    epoch: int = 0
+    consumed: int = 0
+    epoch_losses: List[float] = field(default_factory=list)
+    history: List[float] = field(default_factory=list)
+    first_loss: Optional[float] = None
+    last_loss: Optional[float] = None
+    evals: List[Dict[str, Any]] = field(default_factory=list)
+
+    def record(self, loss: float) -> None:
+        """Account one optimiser step with this loss."""
+        self.step += 1
+        self.first_loss = loss if self.first_loss is None else self.first_loss
+        self.last_loss = loss
+        self.history.append(loss)
+
+    def end_epoch(self) -> None:
+        """Close the current epoch (its mean loss) and start the next from its beginning."""
+        self.epoch_losses.append(sum(self.history) / len(self.history) if self.history else float("nan"))
+        self.history = []
+        self.epoch += 1
+        self.consumed = 0
+
+    def close_history(self) -> None:
+        """Turn the current epoch's step losses into its mean (a run may stop mid-epoch)."""
+        if self.history:
+            self.epoch_losses.append(sum(self.history) / len(self.history))
+            self.history = []
+
+    def to_checkpoint(self, optimizer, scheduler) -> Dict[str, Any]:
+        """The `train_state` entry of a checkpoint (format version `STATE_VERSION`)."""
+        d = dataclasses.asdict(self)
+        d.update(version=STATE_VERSION, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                 rng=rng_state())
+        return d
+
+    @classmethod
+    def from_checkpoint(cls, d: Mapping[str, Any], optimizer, scheduler, path: str) -> "TrainState":
+        """Restore optimizer, scheduler and RNG states and return the state (ValueError
+        for a checkpoint without a training state, e.g. a final model.pt)."""
+        if not isinstance(d, Mapping) or d.get("version") != STATE_VERSION:
+            raise ValueError(f"resume: {path!r} has no training state (a final model.pt?); "
+                             f"start a new run with pretrained={path!r} instead")
+        optimizer.load_state_dict(d["optimizer"])
+        scheduler.load_state_dict(d["scheduler"])
+        set_rng_state(d["rng"])
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+
+
+@dataclass
+class TrainResult:
+    """What `train` returns (also written to `summary.json`)."""
+
+    out: str
+    step: int
+    total_steps: int
+    finished: bool
+    model_path: Optional[str]
+    checkpoint: Optional[str]
+    first_loss: Optional[float]
+    last_loss: Optional[float]
+    epoch_losses: List[float]
+    resumed_from: Optional[str]
+    seconds: float
+    evals: List[Dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, out: str, state: TrainState, total_steps: int, finished: bool, model_path: Optional[str],
+           checkpoint: Optional[str], resumed_from: Optional[str], t_start: float) -> "TrainResult":
+        return cls(out=out, step=state.step, total_steps=total_steps, finished=finished,
+                   model_path=model_path, checkpoint=checkpoint, first_loss=state.first_loss,
+                   last_loss=state.last_loss, epoch_losses=list(state.epoch_losses),
+                   resumed_from=resumed_from, seconds=time.time() - t_start, evals=list(state.evals))
+
+    def save(self) -> None:
+        atomic_write_json(os.path.join(self.out, "summary.json"), dataclasses.asdict(self), default=str)
+
+
+def checkpoint_path(out: str, step: int) -> str:
+    return os.path.join(out, "checkpoints", f"step_{step:08d}.pt")
+
+
+def list_checkpoints(out: str) -> List[Tuple[int, str]]:
+    """(step, path) of the run's periodic checkpoints, oldest first."""
+    found = []
+    for p in glob.glob(os.path.join(out, "checkpoints", "step_*.pt")):
+        m = _STEP_RE.search(p)
+        if m:
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def model_signature(cfg_json: Mapping[str, Any]) -> Dict[str, Any]:
+    """The options a resumed run must share with the run it continues."""
+    return {k: cfg_json.get(k) for k in ("model", "pretrained", "data", "split", "batch_size",
+                                         "seed", "shuffle_buffer", "field_mode", "score_column")}
+
+
+def is_finished(out: str) -> bool:
+    """True when `out` holds a finished run (a `summary.json` with finished=true and model.pt)."""
+    p = os.path.join(out, "summary.json")
+    if not (os.path.isfile(p) and os.path.isfile(os.path.join(out, "model.pt"))):
+        return False
+    with open(p, encoding="utf-8") as f:
+        return bool(json.load(f).get("finished"))
+
+
+__all__ = ["STATE_VERSION", "TrainState", "TrainResult", "checkpoint_path", "list_checkpoints",
+           "model_signature", "is_finished", "rng_state", "set_rng_state"]

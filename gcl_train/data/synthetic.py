@@ -9,7 +9,9 @@ writes, under `root`:
     query_*_gt_test.json, _gt_dev.json {"<query>_{!@#~}_": {product_id: relevance 1..100}}
     query_*_queries.json               ["<query>", ...]
     images/<product_id>.png            image_size x image_size RGB
-    synthetic_meta.json                seed, sizes, vocabularies, per-file row counts
+    synthetic_meta.json                seed, sizes, vocabularies, per-file row counts, and
+                                       "intended_missing": the titles and images left out on
+                                       purpose, per corpus and split (`intended_missing(root)`)
 
 The world: every product has a category, colour, pattern, material, style, size and a
 brand, plus a hidden popularity. The title spells the attributes (each word dropped with
@@ -38,7 +40,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import inspect
 import json
+import logging
 import math
 import os
 import sys
@@ -49,7 +53,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..fileio import atomic_write
-from .marqo_gs import QUERY_KEY_SEPARATOR, SPLITS
+from .marqo_gs import QUERY_KEY_SEPARATOR, SPLITS, resolve_split
+
+log = logging.getLogger(__name__)
+META_FILE = "synthetic_meta.json"
 
 CATEGORIES = (
     "dress", "shirt", "sneakers", "handbag", "hat", "jacket", "skirt", "scarf",
@@ -557,8 +564,9 @@ def write_dataset(
         "corpus_sizes": {"corpus_1": int((products["corpus"] == 0).sum()), "corpus_2": int((products["corpus"] == 1).sum())},
         "vocabulary": {a: list(VOCAB[a]) for a in ATTRS},
         "importance": IMPORTANCE,
+        "intended_missing": _intended_missing_counts(world, missing_title_rate, missing_image_rate, images),
     }
-    mpath = os.path.join(root, "synthetic_meta.json")
+    mpath = os.path.join(root, META_FILE)
     atomic_write(mpath, lambda f: json.dump(meta, f, indent=1))
     files.append(mpath)
     total = 0
@@ -569,23 +577,135 @@ def write_dataset(
                          time.perf_counter() - t0, files)
 
 
+_FIELD_NOUN = {"title": "titles", "image": "images"}
+_FIELD_ALIASES = {"title": "title", "image": "image", "image_local": "image"}
+
+
+def _intended_missing_counts(world: SyntheticWorld, title_rate: float, image_rate: float,
+                             images: bool) -> Dict[str, Dict[str, float]]:
+    no_title = np.array([t is None for t in world.titles], dtype=bool)
+    no_image = world.no_image if images else np.ones(world.n_products, dtype=bool)
+    out: Dict[str, Dict[str, float]] = {
+        "rates": {"title": float(title_rate), "image": float(image_rate) if images else 1.0},
+    }
+    for c, name in enumerate(("corpus_1", "corpus_2")):
+        sel = world.products["corpus"] == c
+        out[name] = {"products": int(sel.sum()), "title": int(no_title[sel].sum()), "image": int(no_image[sel].sum())}
+    for split in SPLITS:
+        prods = world.pair_product[world.split_pairs(split)]
+        out[split] = {"rows": len(prods), "title": int(no_title[prods].sum()), "image": int(no_image[prods].sum())}
+    return out
+
+
+def intended_missing(root: str) -> Optional[Dict[str, Dict[str, float]]]:
+    """What a synthetic data set leaves out on purpose, from its `synthetic_meta.json`.
+
+    Returns:
+        None when `root` is not a synthetic set (no meta file), predates the record, or
+        its meta file is unreadable (logged). Otherwise
+        {"rates": {"title": r, "image": r},
+         "corpus_1": {"products": n, "title": n, "image": n}, "corpus_2": {...},
+         "<split>": {"rows": n, "title": n, "image": n} for each of `SPLITS`}:
+        products (corpus) or CSV rows (split) whose title is empty or whose image file
+        was not written. "image" is the `image_local` field.
+
+    Example:
+        >>> # n = (intended_missing(root) or {}).get("corpus_1", {}).get("title", 0)
+    """
+    path = os.path.join(os.fspath(root), META_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        log.warning("%s: unreadable (%s); intended missing fields unknown", path, e)
+        return None
+    out = meta.get("intended_missing") if isinstance(meta, dict) else None
+    return out if isinstance(out, dict) else None
+
+
+def intended_missing_note(root: str, scope: str, key: str) -> Optional[str]:
+    """A phrase for a warning about missing fields, or None when nothing was left out on purpose.
+
+    Args:
+        root: the data set directory.
+        scope: "corpus_1", "corpus_2", a split name or alias ("in_domain", ...).
+        key: "title", or "image" / "image_local".
+
+    Returns:
+        e.g. "intended: the synthetic data set leaves out 4 of 203 titles in corpus_1
+        (missing_title_rate 0.01)"; None for a non-synthetic set, an unknown scope or key,
+        or a count of 0 (then every missing field is a real problem).
+
+    Example:
+        >>> # note = intended_missing_note(root, "corpus_1", "title")
+        >>> # log.warning("%d titles missing%s", n, f" ({note})" if note else "")
+    """
+    info = intended_missing(root)
+    field = _FIELD_ALIASES.get(key)
+    if info is None or field is None:
+        return None
+    if not scope.startswith("corpus_"):
+        try:
+            scope = resolve_split(scope)
+        except ValueError:
+            return None
+    counts = info.get(scope)
+    if not isinstance(counts, dict) or not counts.get(field):
+        return None
+    n = counts[field]
+    unit = "products" if "products" in counts else "rows"
+    total = counts.get(unit)
+    rate = info.get("rates", {}).get(field)
+    noun = _FIELD_NOUN[field]
+    if field == "image" and rate == 1.0:
+        return (f"intended: the synthetic data set's images were not written (images=False / --no-images), "
+                f"so all {n} {unit} in {scope} lack one")
+    where = f"{noun} in {scope}" if unit == "products" else f"{noun} in {scope} ({unit})"
+    return f"intended: the synthetic data set leaves out {n} of {total} {where} (missing_{field}_rate {rate})"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's parser; every default comes from `write_dataset`'s signature."""
+    d = {k: v.default for k, v in inspect.signature(write_dataset).parameters.items()}
+    ap = argparse.ArgumentParser(prog="python -m gcl_train.data.synthetic",
+                                 description="Write a synthetic MarqoGS-format data set: the layout "
+                                             "gcl_train/data/marqo_gs.py reads, used as in docs/training.md.")
+    ap.add_argument("--out", required=True, metavar="DIR", help="output directory (created)")
+    ap.add_argument("--queries", type=int, metavar="N", default=d["n_queries"],
+                    help="distinct queries, 80%% training and 20%% novel (default: %(default)s)")
+    ap.add_argument("--products", type=int, metavar="N", default=d["n_products"],
+                    help="products (default: max(2 x docs-per-query, queries x docs-per-query / 5), "
+                         "so each product appears under about five queries)")
+    ap.add_argument("--docs-per-query", type=int, metavar="K", default=d["docs_per_query"],
+                    help="ranked products per query, capped at --products (default: %(default)s)")
+    ap.add_argument("--seed", type=int, metavar="INT", default=d["seed"],
+                    help="every file is deterministic for a seed (default: %(default)s)")
+    ap.add_argument("--image-size", type=int, metavar="PX", default=d["image_size"],
+                    help="PNG side in pixels, >= 8 (default: %(default)s)")
+    ap.add_argument("--gt-queries", type=int, metavar="N", default=d["gt_queries"],
+                    help="cap on queries per gt_test / gt_dev file (default: %(default)s)")
+    ap.add_argument("--missing-title-rate", type=float, metavar="RATE", default=d["missing_title_rate"],
+                    help="products left without a title on purpose, recorded in synthetic_meta.json "
+                         "(default: %(default)s)")
+    ap.add_argument("--missing-image-rate", type=float, metavar="RATE", default=d["missing_image_rate"],
+                    help="products whose image is not written, on purpose (default: %(default)s)")
+    ap.add_argument("--tricky-title-rate", type=float, metavar="RATE", default=d["tricky_title_rate"],
+                    help="titles with commas, quotes or a newline (default: %(default)s)")
+    ap.add_argument("--no-images", action="store_true", help="skip the PNGs (tabular files only)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    return ap
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI: python -m gcl_train.data.synthetic --out DIR --queries N [--products P] ..."""
-    ap = argparse.ArgumentParser(prog="python -m gcl_train.data.synthetic",
-                                 description="Write a synthetic MarqoGS-format data set.")
-    ap.add_argument("--out", required=True, help="output directory")
-    ap.add_argument("--queries", type=int, default=100, help="distinct queries")
-    ap.add_argument("--products", type=int, default=None, help="products (default: pairs / 5)")
-    ap.add_argument("--docs-per-query", type=int, default=100)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--image-size", type=int, default=32)
-    ap.add_argument("--gt-queries", type=int, default=2000)
-    ap.add_argument("--no-images", action="store_true", help="skip the PNGs")
-    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap = build_parser()
     a = ap.parse_args(argv)
     try:
         info = write_dataset(a.out, a.queries, a.products, a.docs_per_query, a.seed, a.image_size,
-                             a.gt_queries, images=not a.no_images, progress=not a.quiet)
+                             a.gt_queries, a.missing_title_rate, a.missing_image_rate, a.tricky_title_rate,
+                             images=not a.no_images, progress=not a.quiet)
     except ValueError as e:
         ap.error(str(e))
     print(f"wrote {info.root}: {info.n_queries} queries, {info.n_products} products, {info.n_pairs} pairs, "

@@ -217,3 +217,90 @@ def test_cli(tmp_path, capsys):
     assert os.path.isfile(tmp_path / "cli" / "query_1_product_id_1.csv")
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path / "bad"), "--queries", "1"])
+
+
+def _help_blocks(text):
+    """{option: its help text, whitespace collapsed} from argparse's --help output."""
+    blocks, cur = {}, None
+    for line in text.splitlines():
+        m = re.match(r"^  (-[-\w]+)", line)
+        if m:
+            cur = m.group(1)
+            blocks[cur] = line
+        elif cur and line.startswith("    "):
+            blocks[cur] += " " + line.strip()
+        else:
+            cur = None
+    return {k: " ".join(v.split()) for k, v in blocks.items()}
+
+
+def test_cli_help_shows_every_default_once_and_cites_files_in_the_repo(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    blocks = _help_blocks(out)
+    for opt in ("--queries", "--products", "--docs-per-query", "--seed", "--image-size", "--gt-queries",
+                "--missing-title-rate", "--missing-image-rate", "--tricky-title-rate"):
+        assert blocks[opt].count("(default:") == 1, (opt, blocks[opt])
+    assert "(default: 100)" in blocks["--docs-per-query"] and "(default: 0)" in blocks["--seed"]
+    assert "(default: 0.01)" in blocks["--missing-title-rate"]
+    assert all(b.count("default") <= 1 for b in blocks.values()), blocks
+    import gcl_train.data.errors
+    import gcl_train.data.jsonstream
+    import gcl_train.data.marqo_gs
+    import gcl_train.data.synthetic
+    import inspect
+
+    for text in [out] + [inspect.getsource(m) for m in (gcl_train.data.errors, gcl_train.data.jsonstream,
+                                                          gcl_train.data.marqo_gs, gcl_train.data.synthetic)]:
+        assert "GCL_SPEC" not in text
+
+
+def test_intended_missing_is_recorded_per_corpus_and_split(gs):
+    from gcl_train.data.synthetic import intended_missing, intended_missing_note
+
+    root, _, world = gs
+    meta = json.load(open(os.path.join(root, "synthetic_meta.json")))
+    got = intended_missing(root)
+    assert got == meta["intended_missing"]
+    assert got["rates"] == {"title": 0.01, "image": 0.005}
+    ds = MarqoGSDataset(root)
+    for corpus in ("corpus_1", "corpus_2"):
+        docs = list(ds.iter_corpus(corpus))
+        assert got[corpus] == {
+            "products": len(docs),
+            "title": sum(d["title"] is None for _, d in docs),
+            "image": sum(not ds.image_available(d["image_local"]) for _, d in docs),
+        }
+    assert sum(got[c]["title"] for c in ("corpus_1", "corpus_2")) == sum(t is None for t in world.titles) > 0
+    for split in SPLITS:
+        stats = ReadStats()
+        rows = list(ds.iter_pairs(split, optional=("title",), stats=stats))
+        assert got[split] == {"rows": len(rows), "title": stats.missing["title"],
+                              "image": sum(not ds.image_available(r.image_local) for r in rows)}
+    n = got["corpus_1"]["title"]
+    note = intended_missing_note(root, "corpus_1", "title")
+    assert note == f"intended: the synthetic data set leaves out {n} of {got['corpus_1']['products']} titles " \
+                   f"in corpus_1 (missing_title_rate 0.01)"
+    assert intended_missing_note(root, "in_domain", "image_local") == intended_missing_note(
+        root, "query_0_product_id_0", "image")
+    assert "rows" in intended_missing_note(root, "in_domain", "title")
+    assert intended_missing_note(root, "corpus_1", "query") is None
+
+
+def test_intended_missing_without_images_and_on_other_data(tmp_path):
+    from gcl_train.data.synthetic import intended_missing, intended_missing_note
+
+    info = write_dataset(str(tmp_path / "t"), n_queries=6, n_products=30, docs_per_query=8, images=False,
+                         missing_title_rate=0.0, progress=False)
+    got = intended_missing(info.root)
+    assert got["corpus_1"]["image"] == got["corpus_1"]["products"] and got["rates"]["image"] == 1.0
+    assert got["corpus_1"]["title"] == 0 and intended_missing_note(info.root, "corpus_1", "title") is None
+    assert "images were not written" in intended_missing_note(info.root, "corpus_1", "image")
+    # not a synthetic set, or one written before the field existed
+    assert intended_missing(str(tmp_path)) is None and intended_missing_note(str(tmp_path), "corpus_1", "title") is None
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "synthetic_meta.json").write_text('{"seed": 0}')
+    assert intended_missing(str(tmp_path / "old")) is None
+    (tmp_path / "old" / "synthetic_meta.json").write_text('{"seed": ')
+    assert intended_missing(str(tmp_path / "old")) is None

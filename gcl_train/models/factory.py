@@ -17,6 +17,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 
+from ..data.fields import DEFAULT_DOC_FIELD_WEIGHTS
+
 # A tiny CLIP for tests and smoke runs: 32 px images in 8 px patches (16 tokens), a
 # 2-layer text transformer over 32 tokens, 32-d embeddings. ~1.9M parameters, most of them
 # the 49408-token embedding table the real BPE tokenizer needs.
@@ -74,6 +76,17 @@ class ModelBundle:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def has_image_tower(self) -> bool:
+        """False for a text-only two-tower model (documents are titles)."""
+        return getattr(self.model, "visual", None) is not None
+
+    @property
+    def default_field_weights(self) -> Dict[str, float]:
+        """Document field weights when the user gives none: the reference evaluation's
+        image 0.9 / title 0.1, or title 1 for a text-only model."""
+        return dict(DEFAULT_DOC_FIELD_WEIGHTS) if self.has_image_tower else {"title": 1.0}
 
 
 def available_models() -> List[str]:

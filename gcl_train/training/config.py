@@ -15,7 +15,7 @@ import torch
 
 from gcl_kernels import DIRECTIONS, IMPLS, NORMALIZATIONS, WEIGHT_KINDS, score_to_weight
 
-from ..data import DEFAULT_DOC_FIELD_WEIGHTS, resolve_split
+from ..data import resolve_split
 from ..models import FIELD_MODES, field_weight_vector
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -35,7 +35,9 @@ class TrainConfig:
     `image_root`, `score_column`. Loss: `weight_fn` (a `score_to_weight` kind; "constant"
     is the CE baseline), `weight_params`, `s_max` (default: the largest score in the
     split), `field_mode` ("mean" fuses title and image into one vector, "pairs" gives each
-    field pair its own softmax), `field_weights`, `direction`, `normalize`, `use_groups`.
+    field pair its own softmax), `field_weights` (None: the model's default, image 0.9 /
+    title 0.1, or title 1 for a text-only model; resolved by `train`), `direction`,
+    `normalize`, `use_groups`.
     Optimisation: AdamW `lr`, `weight_decay`, `warmup_steps` then cosine to
     `lr * min_lr_ratio`, `grad_clip`, `precision` ("auto": bf16 autocast on CUDA, fp32 on
     CPU), learnable logit scale clamped at `max_logit_scale`, `lock_image` / `lock_text`.
@@ -63,7 +65,7 @@ class TrainConfig:
     weight_params: Dict[str, float] = field(default_factory=dict)
     s_max: Optional[float] = None
     field_mode: str = "mean"
-    field_weights: Dict[str, float] = field(default_factory=lambda: dict(DEFAULT_DOC_FIELD_WEIGHTS))
+    field_weights: Optional[Dict[str, float]] = None
     direction: str = "both"
     normalize: str = "batch"
     use_groups: bool = True
@@ -130,7 +132,8 @@ class TrainConfig:
         num("s_max", self.s_max, 0, lo_open=True, allow_none=True)
         if self.field_mode not in FIELD_MODES:
             raise ValueError(f"field_mode: expected one of {FIELD_MODES}, got {self.field_mode!r}")
-        field_weight_vector(self.field_weights)
+        if self.field_weights is not None:
+            field_weight_vector(self.field_weights)
         if self.direction not in DIRECTIONS:
             raise ValueError(f"direction: expected one of {DIRECTIONS}, got {self.direction!r}")
         if self.normalize not in NORMALIZATIONS:

@@ -14,7 +14,7 @@ import math
 import os
 import random
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -36,30 +36,50 @@ class Example:
     score: float
 
 
+#: What a tokenizer returns: token ids [N, L] (open_clip) or a dict of [N, L] tensors
+#: (Hugging Face: input_ids, attention_mask, ...).
+Tokens = Union[torch.Tensor, Dict[str, torch.Tensor]]
+
+
+def _map_tensors(value, fn):
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, Mapping):
+        return {k: _map_tensors(v, fn) for k, v in value.items()}
+    return value
+
+
 @dataclass
 class Batch:
     """A collated batch (tensors on the CPU; `to(device)` moves them).
 
     Shape:
-        query_tokens [B, Lq], title_tokens [B, Lt], images [B, 3, H, W], present [B, 2]
-        (DOC_FIELD_NAMES order), scores [B], lhs_groups [B], rhs_groups [B].
+        query_tokens and title_tokens: `Tokens` with N = B; images [B, 3, H, W] (None when
+        the image field has weight 0); present [B, 2] (DOC_FIELD_NAMES order); scores [B];
+        lhs_groups [B], rhs_groups [B] (query and product ids).
     """
 
-    query_tokens: torch.Tensor
-    title_tokens: torch.Tensor
-    images: torch.Tensor
+    query_tokens: Tokens
+    title_tokens: Tokens
+    images: Optional[torch.Tensor]
     present: torch.Tensor
     scores: torch.Tensor
     lhs_groups: torch.Tensor
     rhs_groups: torch.Tensor
     n_dropped: int = 0
 
-    def to(self, device) -> "Batch":
-        kw = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for k, v in kw.items():
-            if isinstance(v, torch.Tensor):
-                kw[k] = v.to(device, non_blocking=True)
+    def _map(self, fn) -> "Batch":
+        kw = {f.name: _map_tensors(getattr(self, f.name), fn) for f in dataclasses.fields(self)}
         return Batch(**kw)
+
+    def to(self, device) -> "Batch":
+        return self._map(lambda t: t.to(device, non_blocking=True))
+
+    def slice(self, start: int, stop: int) -> "Batch":
+        """Rows start..stop-1 (views, no copies): a micro-batch or a rank's shard."""
+        out = self._map(lambda t: t[start:stop])
+        out.n_dropped = 0
+        return out
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
@@ -271,7 +291,9 @@ def make_batch(examples: Sequence[Example], bundle, dataset,
     """
     need_title = field_weights.get("title", 0) > 0
     need_image = field_weights.get("image", 0) > 0
-    size = bundle.image_size
+    if need_image and not bundle.has_image_tower:
+        raise ValueError(f"field_weights: the image field has weight {field_weights['image']} but the "
+                         f"model {bundle.name!r} has no image tower; use title=1")
     keep, pixels, present = [], [], []
     blank = None
     for ex in examples:
@@ -284,20 +306,21 @@ def make_batch(examples: Sequence[Example], bundle, dataset,
                 log.debug("image %r unreadable (%s): treated as a missing field", ex.image, e)
         if not has_t and img is None:
             continue
-        if img is None:
-            if blank is None:
-                blank = torch.zeros(3, size, size)
-            img = blank
+        if need_image:
+            if img is None:
+                if blank is None:
+                    blank = torch.zeros(3, bundle.image_size, bundle.image_size)
+                img = blank
+            pixels.append(img)
         keep.append(ex)
-        pixels.append(img)
-        present.append((has_t, img is not blank))
+        present.append((has_t, img is not None and img is not blank))
     if not keep:
         raise ValueError("batch: no example in this batch has a usable document field")
     titles = [ex.title if p[0] else "" for ex, p in zip(keep, present)]
     return Batch(
         query_tokens=bundle.tokenizer([ex.query for ex in keep]),
         title_tokens=bundle.tokenizer(titles),
-        images=torch.stack(pixels),
+        images=torch.stack(pixels) if need_image else None,
         present=torch.tensor(present, dtype=torch.bool),
         scores=torch.tensor([ex.score for ex in keep], dtype=torch.float32),
         lhs_groups=_ids([ex.query_id for ex in keep]),

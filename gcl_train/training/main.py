@@ -174,6 +174,14 @@ def train(cfg: TrainConfig, on_step: Optional[Callable[[int, float], None]] = No
     if amp and device.type != "cuda":
         log.warning("precision bf16 on %s: autocast in bfloat16 on the CPU is slow; use fp32 there", device)
 
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    bundle = create_model(cfg.model, pretrained=cfg.pretrained, device=device, seed=cfg.seed)
+    if cfg.field_weights is None:
+        cfg.field_weights = bundle.default_field_weights
+    if cfg.field_weights.get("image", 0) > 0 and not bundle.has_image_tower:
+        raise ConfigConflict(f"field_weights: the image field has weight {cfg.field_weights['image']} but "
+                             f"the model {bundle.name!r} has no image tower; pass --field-weights title=1")
     data = TrainingData(MarqoGSDataset(cfg.data, image_root=cfg.image_root), cfg.split, cfg.score_column,
                         cfg.field_weights)
     scan = data.scan(os.path.join(cfg.out, "data_scan.json"))
@@ -192,9 +200,6 @@ def train(cfg: TrainConfig, on_step: Optional[Callable[[int, float], None]] = No
     resume_path = _resume_path(cfg)
     atomic_write_json(os.path.join(cfg.out, "config.json"), cfg.to_json(), default=str)
 
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    bundle = create_model(cfg.model, pretrained=cfg.pretrained, device=device, seed=cfg.seed)
     model = bundle.model
     if cfg.init_logit_scale is not None:
         with torch.no_grad():

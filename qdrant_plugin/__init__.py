@@ -13,7 +13,10 @@ docs/qdrant.md for the measurements behind the design.
 
 from .errors import (
     CollectionNotFoundError,
+    CorruptFileError,
+    DuplicateIdError,
     ForeignCollectionError,
+    InsufficientSpaceError,
     QdrantUnavailableError,
     SchemaMismatchError,
     StoreLockedError,
@@ -27,5 +30,6 @@ from .vectors import brute_force
 __all__ = [
     "MultiFieldIndex", "Hit", "Record", "IndexSchema", "point_id", "brute_force",
     "SchemaMismatchError", "CollectionNotFoundError", "ForeignCollectionError",
-    "StoreLockedError", "QdrantUnavailableError", "__version__",
+    "StoreLockedError", "QdrantUnavailableError", "CorruptFileError", "DuplicateIdError",
+    "InsufficientSpaceError", "__version__",
 ]

@@ -26,3 +26,20 @@ class StoreLockedError(RuntimeError):
 
 class QdrantUnavailableError(ConnectionError):
     """A Qdrant server could not be reached after all retries."""
+
+
+class CorruptFileError(ValueError):
+    """A file the plugin wrote (schema, ingest marker) is unreadable; the message names it
+    and says how to recover."""
+
+
+class DuplicateIdError(ValueError):
+    """The same document id appears more than once in one upsert or one ingest."""
+
+
+class InsufficientSpaceError(OSError):
+    """Not enough free disk space for a write to the embedded store.
+
+    Raised before the write: the engine maps its files into memory, and a full disk would
+    otherwise kill the process with SIGBUS in the middle of the write.
+    """

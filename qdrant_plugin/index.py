@@ -25,6 +25,7 @@ returned scores are still exact and only the candidate set can differ. Per-field
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -33,7 +34,7 @@ from .backends import Backend, open_backend
 from .backends.base import PAYLOAD_INDEX_KINDS
 from .errors import CollectionNotFoundError, SchemaMismatchError
 from .filters import to_filter
-from .ids import point_ids
+from .ids import check_ids, check_on_duplicate, dedupe, point_ids
 from .schema import (
     DEFAULT_HNSW_EF,
     DEFAULT_OVERSAMPLING,
@@ -44,13 +45,14 @@ from .schema import (
 )
 from .vectors import (
     check_field_weights,
-    check_ids,
     check_payloads,
     doc_vectors,
     query_fields,
     weighted_query,
     weighted_row,
 )
+
+log = logging.getLogger(__name__)
 
 # Points per backend request: bounds the size of one REST body / one WAL record.
 DEFAULT_WRITE_BATCH = 512
@@ -72,6 +74,22 @@ class Record(NamedTuple):
     id: str
     payload: Dict[str, Any]
     vectors: Optional[Dict[str, np.ndarray]]
+
+
+def write_bytes(vecs: Mapping[str, np.ndarray], mask: Mapping[str, Optional[np.ndarray]],
+                payload_bytes: int, n: int) -> int:
+    """Disk bytes an upsert may take on the embedded store: a generous estimate.
+
+    Measured with qdrant-edge 0.9 (20,000 points, 2 x 128 dims): the write-ahead log took
+    1.3x the float32 vector bytes and the segment 1.07x, plus about 200 bytes of bookkeeping
+    per point; payloads go to both. 3x and 256 bytes leave room for the engine's growth steps.
+    """
+    vec = 0
+    for name, v in vecs.items():
+        m = mask.get(name)
+        rows = v.shape[0] if m is None else int(m.sum())
+        vec += rows * v.shape[1] * 4
+    return 3 * vec + 3 * payload_bytes + 256 * n
 
 
 def _check_int(arg: str, v: Any, lo: int = 1) -> int:
@@ -106,6 +124,10 @@ class MultiFieldIndex:
         api_key, timeout, retries, backoff: for a server: API key (never logged), request
             timeout in seconds, retries of transient failures, first backoff delay in seconds.
         write_batch_size: points per write request.
+        disk_check: embedded store: before each create, upsert and optimize, check that the
+            disk has room for an estimate of the write (plus 32 MiB for the engine's
+            preallocated files) and raise :class:`InsufficientSpaceError` otherwise, instead
+            of the engine dying with SIGBUS on a full disk. False skips the check.
 
     Example:
         >>> import numpy as np
@@ -137,13 +159,14 @@ class MultiFieldIndex:
         retries: int = 3,
         backoff: float = 0.5,
         write_batch_size: int = DEFAULT_WRITE_BATCH,
+        disk_check: bool = True,
     ):
         self.ef = _check_int("ef", ef)
         self.oversampling = validate_oversampling(oversampling)
         self.write_batch_size = _check_int("write_batch_size", write_batch_size)
         self._backend: Optional[Backend] = None
         backend = open_backend(location, collection, api_key=api_key, timeout=timeout,
-                               retries=retries, backoff=backoff)
+                               retries=retries, backoff=backoff, disk_check=disk_check)
         try:
             stored = backend.read_schema()
             explicit = {
@@ -248,30 +271,51 @@ class MultiFieldIndex:
         vectors: Mapping[str, Any],
         payloads: Optional[Sequence[Optional[Mapping[str, Any]]]] = None,
         present: Optional[Mapping[str, Any]] = None,
+        on_duplicate: str = "error",
     ) -> int:
         """Insert or overwrite documents; returns how many were written.
 
-        The whole batch is checked before anything is written. Re-upserting an id
-        overwrites its point (ids map to point ids deterministically).
+        The whole batch is checked (ids, vectors, payloads, and free disk space on the
+        embedded store) before anything is written, so a refused batch writes nothing.
+        Re-upserting an id overwrites its point (ids map to point ids deterministically).
+        The batch goes to the engine in requests of ``write_batch_size`` points: if the
+        engine itself fails in the middle (a server going away), the requests before it
+        stay written, and repeating the call is safe.
 
         Args:
-            ids: N distinct non-empty strings (your own ids).
+            ids: N non-empty strings (your own ids; ints, None and other types are refused).
             vectors: ``{field: [N, D_f]}`` for every field (normalised here).
-            payloads: None or N dicts (JSON-like values; filterable).
+            payloads: None or N dicts of JSON values (str, int in the signed 64-bit range,
+                finite float, bool, None, lists and dicts of those; filterable).
             present: optional ``{field: [N] bool}``: False marks a missing field of a
                 document (cosine 0 in weighted mode, weight 0 in the fused vector).
+            on_duplicate: an id repeated in ``ids``: "error" (default) refuses the batch,
+                "report" keeps the first row and logs the repeated ids, "last" keeps the
+                last row.
 
         Shape:
             vectors[f]: [N, D_f] numpy / torch / nested lists.
         """
-        ids = check_ids(ids)
+        on_duplicate = check_on_duplicate(on_duplicate)
+        ids = check_ids(ids, allow_duplicates=on_duplicate != "error")
         n = len(ids)
-        pls = check_payloads(payloads, n)
+        pls, payload_bytes = check_payloads(payloads, n)
         vecs, mask = doc_vectors(self.schema, vectors, n, present)
+        keep, repeated, dropped = dedupe(ids, on_duplicate) if on_duplicate != "error" else (None, [], 0)
+        if dropped:
+            if on_duplicate == "report":
+                log.warning("upsert: %d repeated id(s) %s: kept the first row of each, skipped %d row(s)",
+                            len(repeated), repeated[:10], dropped)
+            ids = [ids[i] for i in keep]
+            pls = [pls[i] for i in keep]
+            vecs = {k: v[keep] for k, v in vecs.items()}
+            mask = {k: (None if m is None else m[keep]) for k, m in mask.items()}
+            n = len(ids)
+        b = self.backend
+        b.check_space(write_bytes(vecs, mask, payload_bytes, n), f"upsert of {n} documents")
         pids = point_ids(ids)
         for i, d in enumerate(ids):
             pls[i][ID_KEY] = d
-        b = self.backend
         step = self.write_batch_size
         for s in range(0, n, step):
             e = min(n, s + step)
@@ -285,9 +329,7 @@ class MultiFieldIndex:
 
     def delete(self, ids: Sequence[str]) -> None:
         """Delete documents by your ids (absent ids are ignored)."""
-        if isinstance(ids, (str, bytes)):
-            raise ValueError("ids: expected a sequence of strings, got a single string")
-        ids = check_ids(list(dict.fromkeys(ids)))
+        ids = list(dict.fromkeys(check_ids(ids, allow_duplicates=True)))
         self.backend.delete(point_ids(ids))
 
     def create_payload_index(self, key: str, kind: str = "keyword") -> None:
@@ -308,9 +350,7 @@ class MultiFieldIndex:
 
         With ``with_vectors``, each record has its unit field vectors (missing fields absent).
         """
-        if isinstance(ids, (str, bytes)):
-            raise ValueError("ids: expected a sequence of strings, got a single string")
-        ids = check_ids(list(dict.fromkeys(ids)))
+        ids = list(dict.fromkeys(check_ids(ids, allow_duplicates=True)))
         pids = point_ids(ids)
         recs = {r.point_id: r for r in self.backend.retrieve(pids, with_vectors)}
         out = []

@@ -10,15 +10,19 @@ the tests and the benchmark computes exactly what the index is supposed to retur
 from __future__ import annotations
 
 import math
-from collections import Counter
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .ids import check_ids  # noqa: F401  (re-exported: callers import it from here)
 from .schema import ID_KEY, IndexSchema
 
 # A norm below this is a zero vector in practice: normalising it would only amplify noise.
 MIN_NORM = 1e-12
+# Query weights are applied in float32 (the engine's precision): a positive weight must be a
+# normal float32, and the weights' sum (the largest possible score) must not overflow.
+F32_TINY = float(np.finfo(np.float32).tiny)
+F32_MAX = float(np.finfo(np.float32).max)
 
 
 def _to_array(arg: str, value: Any) -> np.ndarray:
@@ -80,47 +84,97 @@ def unit_rows(arg: str, value: Any, dim: int, rows: Optional[int] = None) -> np.
     return a64.astype(np.float32)
 
 
-def check_ids(ids: Any) -> List[str]:
-    """Check a batch of caller ids: non-empty strings, no duplicates."""
-    if isinstance(ids, (str, bytes)) or not isinstance(ids, (Sequence, np.ndarray)):
-        raise ValueError(f"ids: expected a sequence of strings, got {type(ids).__name__}")
-    out = []
-    for i, x in enumerate(ids):
-        if isinstance(x, np.str_):
-            x = str(x)
-        if not isinstance(x, str) or not x:
-            raise ValueError(f"ids[{i}]: expected a non-empty string, got {x!r}")
-        out.append(x)
-    if len(out) == 0:
-        raise ValueError("ids: expected at least one id, got an empty sequence")
-    if len(set(out)) != len(out):
-        dup = [k for k, c in Counter(out).items() if c > 1]
-        raise ValueError(
-            f"ids: duplicate ids in one batch: {dup[:10]}{'...' if len(dup) > 10 else ''} "
-            f"({len(dup)} duplicated); each document must appear once per upsert"
-        )
-    return out
+# Payload values are what JSON can hold and every backend stores the same way.
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+# Deeper payloads are refused: the embedded engine converts them recursively and a deep
+# enough one overflows its stack (the process dies); a server parses JSON only to depth 128.
+MAX_PAYLOAD_DEPTH = 64
 
 
-def check_payloads(payloads: Any, n: int) -> List[Dict[str, Any]]:
+def _payload_value(v: Any, where: str, depth: int, path_ids: set, size: List[int]) -> Any:
+    """A JSON-compatible copy of one payload value (numpy scalars become Python ones)."""
+    if v is None or isinstance(v, bool):
+        size[0] += 5
+        return v
+    if isinstance(v, str):
+        try:
+            size[0] += len(v.encode("utf-8")) + 2
+        except UnicodeEncodeError as e:
+            raise ValueError(f"{where}: expected a string encodable as UTF-8, got {v!r} ({e.reason})") from None
+        return str(v)
+    if isinstance(v, np.bool_):
+        size[0] += 5
+        return bool(v)
+    if isinstance(v, (int, np.integer)):
+        i = int(v)
+        if not INT64_MIN <= i <= INT64_MAX:
+            raise ValueError(
+                f"{where}: integer {i} is outside the 64-bit signed range Qdrant stores "
+                f"[-2**63, 2**63 - 1] (it would be stored as an inexact float); store it as a string"
+            )
+        size[0] += 20
+        return i
+    if isinstance(v, (float, np.floating)):
+        f = float(v)
+        if not math.isfinite(f):
+            raise ValueError(f"{where}: expected a finite number, got {f!r} (NaN and infinity are not JSON)")
+        size[0] += 24
+        return f
+    if isinstance(v, (list, tuple, Mapping)):
+        if depth >= MAX_PAYLOAD_DEPTH:
+            raise ValueError(f"{where}: nested deeper than {MAX_PAYLOAD_DEPTH} levels")
+        if id(v) in path_ids:
+            raise ValueError(f"{where}: contains itself (a cyclic list or dict cannot be stored)")
+        path_ids.add(id(v))
+        size[0] += 2
+        try:
+            if isinstance(v, Mapping):
+                out = {}
+                for k, x in v.items():
+                    if not isinstance(k, str):
+                        raise ValueError(f"{where}: keys must be strings, got {type(k).__name__} {k!r}")
+                    kw = _payload_value(k, f"{where} key {k!r}", depth, path_ids, size)
+                    out[kw] = _payload_value(x, f"{where}[{k!r}]", depth + 1, path_ids, size)
+                return out
+            return [_payload_value(x, f"{where}[{j}]", depth + 1, path_ids, size) for j, x in enumerate(v)]
+        finally:
+            path_ids.discard(id(v))
+    hint = " (use .tolist())" if isinstance(v, np.ndarray) else ""
+    raise ValueError(
+        f"{where}: expected a JSON value (str, int, float, bool, None, list or dict), got "
+        f"{type(v).__name__} {v!r:.80}{hint}"
+    )
+
+
+def check_payloads(payloads: Any, n: int, arg: str = "payloads") -> Tuple[List[Dict[str, Any]], int]:
+    """Validate ``n`` payloads before anything is written; returns JSON-compatible copies
+    and their approximate size in bytes.
+
+    A payload is None or a dict with string keys whose values are JSON: str (UTF-8), bool,
+    None, int in the signed 64-bit range, finite float, lists and dicts of those (at most
+    ``MAX_PAYLOAD_DEPTH`` levels). numpy scalars are accepted as the Python number they
+    hold; sets, bytes, datetimes, arrays and other objects are refused, naming the row and
+    the key path (``payloads[3]['meta']['when']``).
+    """
     if payloads is None:
-        return [{} for _ in range(n)]
+        return [{} for _ in range(n)], 0
     if isinstance(payloads, Mapping) or not isinstance(payloads, Sequence):
         raise ValueError(
-            f"payloads: expected None or a sequence of {n} dicts (one per id), got {type(payloads).__name__}"
+            f"{arg}: expected None or a sequence of {n} dicts (one per id), got {type(payloads).__name__}"
         )
     if len(payloads) != n:
-        raise ValueError(f"payloads: expected {n} entries (one per id), got {len(payloads)}")
+        raise ValueError(f"{arg}: expected {n} entries (one per id), got {len(payloads)}")
     out = []
+    size = [0]
     for i, p in enumerate(payloads):
         if p is None:
             p = {}
         if not isinstance(p, Mapping) or not all(isinstance(k, str) for k in p):
-            raise ValueError(f"payloads[{i}]: expected a dict with string keys, got {p!r}")
+            raise ValueError(f"{arg}[{i}]: expected a dict with string keys, got {p!r:.200}")
         if ID_KEY in p:
-            raise ValueError(f"payloads[{i}]: key {ID_KEY!r} is reserved for the document id")
-        out.append(dict(p))
-    return out
+            raise ValueError(f"{arg}[{i}]: key {ID_KEY!r} is reserved for the document id")
+        out.append(_payload_value(p, f"{arg}[{i}]", 0, set(), size))
+    return out, size[0]
 
 
 def check_present(schema: IndexSchema, present: Any, n: int) -> Dict[str, Optional[np.ndarray]]:
@@ -262,10 +316,23 @@ def check_field_weights(
             raise ValueError(f"field_weights[{f!r}]: expected a number, got {w!r}") from None
         if not math.isfinite(w) or w < 0:
             raise ValueError(f"field_weights[{f!r}]: expected a finite weight >= 0, got {w!r}")
+        if w > 0 and not F32_TINY <= w <= F32_MAX:
+            raise ValueError(
+                f"field_weights[{f!r}]: expected 0 or a weight between {F32_TINY:.3g} and {F32_MAX:.3g} "
+                f"(search runs in float32, where this weight would {'overflow to infinity' if w > 1 else 'vanish'}), "
+                f"got {w!r}; only the weights' ratios change the ranking, so scale them all"
+            )
         if w > 0:
             out[f] = w
     if not out:
         raise ValueError(f"field_weights: at least one weight must be > 0, got {dict(field_weights)}")
+    total = sum(out.values())
+    if total > F32_MAX:
+        raise ValueError(
+            f"field_weights: the weights of {sorted(out)} sum to {total:.3g}, above {F32_MAX:.3g} (the "
+            f"largest float32, the engine's precision), so scores would overflow to infinity; scale "
+            f"them all down (only their ratios change the ranking)"
+        )
     missing = [f for f in out if f not in query_fields]
     if missing:
         raise ValueError(
@@ -362,13 +429,13 @@ def weighted_row(schema: IndexSchema, query: Any, field_weights: Any) -> Optiona
             if (type(w) is not float and type(w) is not int) or f not in dims:
                 return None
             w = float(w)
-            if not (0.0 <= w < math.inf):
+            if not (w == 0.0 or F32_TINY <= w <= F32_MAX):
                 return None
             if w > 0:
                 if f not in query:
                     return None
                 weights[f] = w
-        if not weights:
+        if not weights or sum(weights.values()) > F32_MAX:
             return None
     else:
         return None

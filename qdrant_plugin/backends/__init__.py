@@ -43,15 +43,22 @@ def open_backend(
     timeout: float = 10.0,
     retries: int = 3,
     backoff: float = 0.5,
+    disk_check: bool = True,
 ) -> Backend:
-    """Build the backend for ``location`` (nothing is read or created yet)."""
+    """Build the backend for ``location`` (nothing is read or created yet).
+
+    ``disk_check`` (embedded store only): refuse writes the disk has no room for, before
+    they start (see ``backends/edge.py``); False skips the check.
+    """
     kind = backend_kind(location)
+    if not isinstance(disk_check, bool):
+        raise ValueError(f"disk_check: expected True or False, got {disk_check!r}")
     if kind == "edge":
         if api_key is not None:
             raise ValueError("api_key: only used with a Qdrant server URL, not with an embedded store")
         from .edge import EdgeBackend
 
-        return EdgeBackend(os.fspath(location), collection)
+        return EdgeBackend(os.fspath(location), collection, disk_check=disk_check)
     from .client import ClientBackend
 
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:

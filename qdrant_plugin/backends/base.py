@@ -102,6 +102,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def create_payload_index(self, key: str, kind: str) -> None: ...
 
+    def check_space(self, nbytes: int, what: str) -> None:
+        """Raise :class:`~qdrant_plugin.errors.InsufficientSpaceError` before a write of about
+        ``nbytes`` that the store's disk cannot take (a no-op where the server owns the disk)."""
+
     def optimize(self) -> None:
         """Build or finish building the vector indexes (blocking)."""
 

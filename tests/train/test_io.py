@@ -1,4 +1,5 @@
-"""gcl_train.fileio: the one atomic writer behind checkpoints, reports, data files and the Qdrant store."""
+"""gcl_train.fileio: the one atomic writer behind checkpoints, reports and data files (the Qdrant
+plugin has its own, tested in tests/qdrant/test_qdrant_io.py)."""
 import ast
 import csv
 import json
@@ -110,18 +111,6 @@ def test_json_that_cannot_be_encoded_leaves_old_file(tmp_path):
 def test_bad_arguments_name_the_argument(kwargs, match):
     with pytest.raises(ValueError, match=match):
         atomic_write(**kwargs)
-
-
-def test_qdrant_store_json_keeps_its_format_and_is_durable(tmp_path, monkeypatch):
-    from qdrant_plugin._io import atomic_write_json as store_write, read_json
-
-    calls = []
-    real = os.fsync
-    monkeypatch.setattr(fileio.os, "fsync", lambda fd: (calls.append(fd), real(fd))[1])
-    path = tmp_path / "store" / "schema.json"
-    store_write(str(path), {"z": 1, "a": 2})
-    assert path.read_text() == '{\n "a": 2,\n "z": 1\n}\n'
-    assert read_json(str(path)) == {"a": 2, "z": 1} and len(calls) == 2
 
 
 def test_checkpoint_save_failure_keeps_previous_checkpoint(tmp_path):

@@ -76,6 +76,8 @@ def gzip_error(path: str, exc: BaseException, lines: int, records: Optional[int]
         kind = "not a gzip file"
     else:
         kind = "corrupt gzip stream"
+    if kind == "not a gzip file":
+        return DataFormatError(path, 0, f"{kind} ({type(exc).__name__}: {exc})")
     where = f"after line {lines}" if lines else "before the end of the first line"
     if records is not None:
         where += f" ({records} records read)"
@@ -96,6 +98,8 @@ def encoding_hint(path: str) -> str:
         return ""
     if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
         return "; the file looks UTF-16 (it starts with a UTF-16 byte-order mark): re-save it as UTF-8"
+    if head[:2] == GZIP_MAGIC:
+        return "; the content is gzip-compressed twice"
     return ""
 
 
@@ -259,7 +263,8 @@ def iter_json_members(path: str, chunk: int = _CHUNK) -> Iterator[Tuple[Any, Any
                 raise b.error(f"expected ',' or {closing!r}, found {c or 'end of file'!r}")
         c = b.skip_ws()
         if c != "":
-            hint = " (one JSON value per line is JSON lines: name the file .jsonl)" if c in "{[" else ""
+            hint = (" (one JSON value per line is JSON lines: name the file .jsonl)" if c in "{[" else
+                    " (NUL bytes: a file zero-filled after a crash?)" if c == "\x00" else "")
             raise b.error(f"unexpected data after the top-level JSON value{hint}")
     finally:
         b.close()

@@ -506,9 +506,13 @@ def _iter_csv(path, required, optional, stats, on_missing, columns, numeric=()):
         except csv.Error as e:
             raise DataFormatError(path, 1, f"unreadable CSV header ({_csv_error(e)})") from None
         state[2], state[3] = state[0] + 1, state[1]
+        if not header:
+            raise DataFormatError(path, 1, "the first line is blank, expected a CSV header row")
+        raw_header = header
         header = [h.strip() for h in header]
-        if header and header[0].startswith("\ufeff"):
-            header[0] = header[0][1:]
+        if header != raw_header:
+            log.warning("%s: header names have surrounding spaces %s; they are stripped from the names, "
+                        "but cell values are kept as written", path, [h for h in raw_header if h != h.strip()])
         for col in ("query", "product_id") + tuple(required):
             if col not in header:
                 raise DataFormatError(path, 1, f"header has no {col!r} column; columns are {header}")
@@ -517,7 +521,9 @@ def _iter_csv(path, required, optional, stats, on_missing, columns, numeric=()):
                 raise DataFormatError(path, 1, f"header has no {col!r} column (named in numeric); columns are {header}")
         dupes = [h for h, n in Counter(header).items() if n > 1]
         if dupes:
-            raise DataFormatError(path, 1, f"duplicate column names {dupes}")
+            hint = " (empty names: trailing commas in the header?)" if "" in dupes else ""
+            raise DataFormatError(path, 1, f"duplicate column names {dupes}{hint}")
+        h0, h0_bom = raw_header[0], "\ufeff" + raw_header[0]
         ncol = len(header)
         convert = _CsvRowConverter(
             path, header, None if columns is None else tuple(columns) + tuple(required) + tuple(optional), numeric)
@@ -537,6 +543,8 @@ def _iter_csv(path, required, optional, stats, on_missing, columns, numeric=()):
             stats.rows += 1
             if len(cells) != ncol:
                 raise DataFormatError(path, line, f"expected {ncol} cells (one per header column), got {len(cells)}")
+            if (cells[0] == h0 or cells[0] == h0_bom) and cells[1:] == raw_header[1:]:
+                raise DataFormatError(path, line, "the header row appears again (two files concatenated?)")
             rec = convert(cells, line)
             if _accept(rec, required, optional, stats, on_missing, path):
                 yield rec
@@ -607,6 +615,11 @@ def iter_corpus(path: str) -> Iterator[Tuple[str, Dict[str, Any]]]:
             pid = str(pid)
         if not pid.strip():
             raise DataFormatError(path, line, f"empty product id {pid!r}")
+        if not pid.isascii():
+            try:
+                pid.encode("utf-8")
+            except UnicodeEncodeError:
+                raise DataFormatError(path, line, f"product id {pid!r} holds an unpaired UTF-16 surrogate escape") from None
         if pid in seen:
             raise DataFormatError(path, line, f"duplicate product id {pid!r}")
         seen.add(pid)
@@ -722,6 +735,9 @@ def read_queries(path: str) -> List[str]:
                 raise DataFormatError(path, 0, f"element {i}: expected a string or an object with 'query', got {item!r}")
         return [_normalize_query_key(q) for q in out]
     if isinstance(data, dict):
+        if len(data) == 1 and isinstance(next(iter(data.values())), list):
+            raise DataFormatError(path, 0, f"one key {next(iter(data))!r} holding a list: expected the queries "
+                                           "themselves (a list, {id: text}, or keys that are the queries)")
         n_str = sum(isinstance(v, str) for v in data.values())
         if data and n_str == len(data):
             return [_normalize_query_key(v) for v in data.values()]
@@ -791,11 +807,18 @@ class MarqoGSDataset:
         return f"MarqoGSDataset(root={self.root!r}, image_root={self.image_root!r})"
 
     def _first_existing(self, stem: str, exts: Sequence[str]) -> str:
+        odd = []
         for ext in exts:
             p = os.path.join(self.root, stem + ext)
             if os.path.isfile(p):
                 return p
-        raise FileNotFoundError(f"none of {[stem + e for e in exts]} in {self.root}")
+            if os.path.lexists(p):
+                try:
+                    require_file(p, stem + ext)
+                except FileNotFoundError as e:
+                    odd.append(str(e).rsplit(" (", 1)[-1].rstrip(")") + ": " + stem + ext)
+        extra = f" ({'; '.join(odd)})" if odd else ""
+        raise FileNotFoundError(f"none of {[stem + e for e in exts]} in {self.root}{extra}")
 
     def csv_path(self, split: str) -> str:
         """The split's pair file (`.csv`, `.csv.gz` or `.parquet`)."""

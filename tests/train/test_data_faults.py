@@ -318,3 +318,55 @@ def test_empty_and_header_only_files(tmp_path):
     assert list(iter_pairs(write(tmp_path / "h.csv", BOM + H), stats=stats)) == [] and stats.rows == 0
     with pytest.raises(DataFormatError, match=r"e\.json:1: invalid JSON"):
         read_ground_truth(write(tmp_path / "e.json", BOM))
+
+
+def test_header_repeated_mid_file_is_refused(tmp_path):
+    # two CSV files concatenated: the second header would otherwise be a row ("query", "product_id")
+    path = write(tmp_path / "s.csv", "query,product_id\nq,p\n" + BOM + "query,product_id\nq2,p2\n")
+    with pytest.raises(DataFormatError, match=r"s\.csv:3: the header row appears again"):
+        list(iter_pairs(path))
+
+
+def test_header_spaces_warn_and_empty_names_get_a_hint(tmp_path, caplog):
+    recs = list(iter_pairs(write(tmp_path / "s.csv", "query, product_id\nq, p\n")))
+    assert recs[0].product_id == " p"  # kept as written: the ground truth may have been built from it
+    assert "header names have surrounding spaces" in caplog.text
+    with pytest.raises(DataFormatError, match=r"duplicate column names \[''\] \(empty names: trailing commas"):
+        list(iter_pairs(write(tmp_path / "t.csv", "query,product_id,,\nq,p,,\n")))
+
+
+def test_dataset_paths_name_what_is_in_the_way(tmp_path):
+    (tmp_path / "query_0_product_id_0.csv").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"a directory, not a file: query_0_product_id_0\.csv"):
+        MarqoGSDataset(str(tmp_path)).csv_path("in_domain")
+    write(tmp_path / "query_0_product_id_0.csv.gz", gz("query,product_id\nq,p\n"))
+    assert MarqoGSDataset(str(tmp_path)).csv_path("in_domain").endswith(".csv.gz")
+
+
+def test_unpaired_surrogate_product_id(tmp_path):
+    with pytest.raises(DataFormatError, match=r"c\.json:1: product id .* unpaired UTF-16 surrogate"):
+        list(iter_corpus(write(tmp_path / "c.json", '{"id-\\ud800": {}}')))
+    assert [k for k, _ in iter_corpus(write(tmp_path / "ok.json", '{"id-\\ud83d\\ude00": {}}'))] == ["id-\U0001f600"]
+
+
+def test_queries_wrapped_in_an_object(tmp_path):
+    with pytest.raises(DataFormatError, match=r"q\.json: one key 'queries' holding a list"):
+        read_queries(write(tmp_path / "q.json", '{"queries": ["a", "b"]}'))
+
+
+def test_more_hints(tmp_path):
+    with pytest.raises(DataFormatError, match=r"b\.csv:1: the first line is blank"):
+        list(iter_pairs(write(tmp_path / "b.csv", "\n" + H)))
+    with pytest.raises(DataFormatError, match=r"d\.csv\.gz:1: not valid UTF-8 .*compressed twice"):
+        list(iter_pairs(write(tmp_path / "d.csv.gz", gz(gz(H)))))
+    with pytest.raises(DataFormatError, match=r"n\.json:1: unexpected data after the top-level JSON value \(NUL bytes"):
+        list(iter_corpus(write(tmp_path / "n.json", '{"a": {}}' + "\x00" * 64)))
+    with pytest.raises(DataFormatError, match=r"z\.csv\.gz: not a gzip file \(BadGzipFile"):
+        list(iter_pairs(write(tmp_path / "z.csv.gz", b"BZh91AY&SY")))
+
+
+def test_early_syntax_error_is_reported_without_reading_on(tmp_path, monkeypatch):
+    monkeypatch.setattr(jsonstream, "MAX_VALUE_CHARS", 1 << 16)
+    path = write(tmp_path / "c.json", '{"a": {"t": 1 2},\n' + ",\n".join(f'"k{i}": {{}}' for i in range(50_000)) + "}")
+    with pytest.raises(DataFormatError, match=r"c\.json:1: invalid JSON in the value of 'a' .*Expecting ',' delimiter"):
+        list(iter_json_members(path, chunk=4096))

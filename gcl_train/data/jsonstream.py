@@ -28,7 +28,6 @@ MAX_VALUE_CHARS = 256 << 20
 GZIP_MAGIC = b"\x1f\x8b"
 #: What a damaged gzip stream raises while it is read.
 GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
-_UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def require_file(path: str, what: str) -> None:
@@ -70,18 +69,14 @@ def open_text(path: str):
 def gzip_error(path: str, exc: BaseException, lines: int, records: Optional[int] = None) -> DataFormatError:
     """The DataFormatError for a damaged gzip stream: what broke, after how many complete
     lines (and records, when the reader counts them), and the underlying error."""
-    if isinstance(exc, EOFError):
-        kind = "truncated gzip stream"
-    elif lines == 0 and "Not a gzipped file" in str(exc):
-        kind = "not a gzip file"
-    else:
-        kind = "corrupt gzip stream"
-    if kind == "not a gzip file":
-        return DataFormatError(path, 0, f"{kind} ({type(exc).__name__}: {exc})")
+    cause = f"({type(exc).__name__}: {exc})"
+    if lines == 0 and "Not a gzipped file" in str(exc):
+        return DataFormatError(path, 0, f"not a gzip file {cause}")
+    kind = "truncated gzip stream" if isinstance(exc, EOFError) else "corrupt gzip stream"
     where = f"after line {lines}" if lines else "before the end of the first line"
     if records is not None:
         where += f" ({records} records read)"
-    return DataFormatError(path, 0, f"{kind} {where} ({type(exc).__name__}: {exc})")
+    return DataFormatError(path, 0, f"{kind} {where} {cause}")
 
 
 def human_size(n: int) -> str:

@@ -619,7 +619,8 @@ def iter_corpus(path: str) -> Iterator[Tuple[str, Dict[str, Any]]]:
             try:
                 pid.encode("utf-8")
             except UnicodeEncodeError:
-                raise DataFormatError(path, line, f"product id {pid!r} holds an unpaired UTF-16 surrogate escape") from None
+                raise DataFormatError(path, line,
+                                      f"product id {pid!r} holds an unpaired UTF-16 surrogate escape") from None
         if pid in seen:
             raise DataFormatError(path, line, f"duplicate product id {pid!r}")
         seen.add(pid)
@@ -744,7 +745,8 @@ def read_queries(path: str) -> List[str]:
         if n_str:
             example = next(k for k, v in data.items() if not isinstance(v, str))
             raise DataFormatError(path, 0, f"the object mixes string and non-string values (e.g. {example!r}: "
-                                           f"{data[example]!r}): expected {{id: query text}} or keys that are the queries")
+                                           f"{data[example]!r}): expected {{id: query text}} or keys that are "
+                                           "the queries")
         return [_normalize_query_key(str(k)) for k in data]
     raise DataFormatError(path, 0, f"expected a JSON list or object, got {type(data).__name__}")
 

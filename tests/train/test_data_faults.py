@@ -6,12 +6,13 @@ a hang or a silently wrong result.
 """
 import gzip
 import json
-import math
 import os
 
 import pytest
 
-from gcl_train.data import DataFormatError, MarqoGSDataset, ReadStats, iter_corpus, iter_pairs, read_ground_truth, read_queries
+from gcl_train.data import (
+    DataFormatError, MarqoGSDataset, ReadStats, iter_corpus, iter_pairs, read_ground_truth, read_queries,
+)
 from gcl_train.data import jsonstream, marqo_gs
 from gcl_train.data.jsonstream import iter_json_lines, iter_json_members
 

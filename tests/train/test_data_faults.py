@@ -371,3 +371,9 @@ def test_early_syntax_error_is_reported_without_reading_on(tmp_path, monkeypatch
     path = write(tmp_path / "c.json", '{"a": {"t": 1 2},\n' + ",\n".join(f'"k{i}": {{}}' for i in range(50_000)) + "}")
     with pytest.raises(DataFormatError, match=r"c\.json:1: invalid JSON in the value of 'a' .*Expecting ',' delimiter"):
         list(iter_json_members(path, chunk=4096))
+
+
+def test_garbage_parquet(tmp_path):
+    pytest.importorskip("pyarrow")
+    with pytest.raises(DataFormatError, match=r"s\.parquet: unreadable parquet file"):
+        list(iter_pairs(write(tmp_path / "s.parquet", b"PAR1garbagegarbagePAR1")))

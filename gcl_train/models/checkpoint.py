@@ -1,6 +1,13 @@
 """Self-contained checkpoints: architecture config, state dict, tokenizer and
 preprocessing settings and training metadata in one file, written atomically, read back
-with `weights_only=True`; a checkpoint rebuilds its model with no network."""
+with `weights_only=True`; a checkpoint rebuilds its model with no network.
+
+open_clip models are written as format version 1 (unchanged). Hugging Face text models
+(`hf.HFTextModel`) are version 2: `model_config` is `hf.hf_model_config` (the
+transformers config, pooling, Dense layers, normalisation, max length), and
+`tokenizer` is `{"name": "hf", "files": {file name: text, or uint8 tensor for binary
+files}}`, the tokenizer's own files as `save_pretrained` writes them.
+"""
 from __future__ import annotations
 
 import copy
@@ -25,8 +32,10 @@ from .factory import (
 )
 
 CHECKPOINT_FORMAT = "gcl-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # the newest version this code reads (and writes, for Hugging Face models)
+OPEN_CLIP_VERSION = 1  # open_clip models are still written as version 1
 TOKENIZER_NAME = "openai-clip-bpe-16e6"  # open_clip.SimpleTokenizer with the wheel's vocabulary
+HF_TOKENIZER_NAME = "hf"  # a Hugging Face tokenizer whose files travel in the checkpoint
 
 
 @dataclass
@@ -81,6 +90,11 @@ def save_checkpoint(
         >>> save_checkpoint("/tmp/m.pt", b, extra={"step": 0})  # doctest: +SKIP
     """
     preprocess_cfg = None
+    if isinstance(model, ModelBundle) and model.kind == "hf_text":
+        return _save_hf(path, model, extra, name)
+    if isinstance(model_config, Mapping) and model_config.get("kind") == "hf_text":
+        raise ValueError("model: a Hugging Face text model is saved from its ModelBundle (the checkpoint "
+                         "carries its tokenizer files)")
     if isinstance(model, ModelBundle):
         model_config = model.config if model_config is None else model_config
         name = model.name if name is None else name
@@ -98,7 +112,7 @@ def save_checkpoint(
     state = {k: v.detach().to("cpu") for k, v in net.state_dict().items()}
     obj = {
         "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
+        "version": OPEN_CLIP_VERSION,
         "name": name or "custom",
         "model_config": cfg,
         "state_dict": state,
@@ -112,6 +126,32 @@ def save_checkpoint(
     }
     atomic_torch_save(obj, path)
     return Path(path)
+
+
+def _save_hf(path, bundle: ModelBundle, extra: Optional[Mapping[str, Any]], name: Optional[str]) -> Path:
+    state = {k: v.detach().to("cpu") for k, v in bundle.model.state_dict().items()}
+    obj = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "name": name or bundle.name or "custom",
+        "model_config": json.loads(json.dumps(bundle.config)),
+        "state_dict": state,
+        "tokenizer": {"name": HF_TOKENIZER_NAME, "files": bundle.tokenizer.files(),
+                      "context_length": int(bundle.config["max_seq_length"])},
+        "image_size": None,
+        "preprocess_cfg": {},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": {**_versions(), **_hf_versions()},
+        "extra": dict(extra or {}),
+    }
+    atomic_torch_save(obj, path)
+    return Path(path)
+
+
+def _hf_versions() -> Dict[str, str]:
+    import transformers
+
+    return {"transformers": str(transformers.__version__)}
 
 
 def read_checkpoint(path: Union[str, os.PathLike], map_location="cpu") -> Dict[str, Any]:
@@ -129,9 +169,12 @@ def read_checkpoint(path: Union[str, os.PathLike], map_location="cpu") -> Dict[s
     if obj.get("version", 0) > CHECKPOINT_VERSION:
         raise ValueError(f"checkpoint: {path!r} has format version {obj.get('version')}, "
                          f"this code reads up to {CHECKPOINT_VERSION}")
-    if obj["tokenizer"].get("name") != TOKENIZER_NAME:
-        raise ValueError(f"checkpoint: {path!r} uses tokenizer {obj['tokenizer'].get('name')!r}, "
-                         f"expected {TOKENIZER_NAME!r}")
+    tok = obj.get("tokenizer") or {}
+    if tok.get("name") not in (TOKENIZER_NAME, HF_TOKENIZER_NAME):
+        raise ValueError(f"checkpoint: {path!r} uses tokenizer {tok.get('name')!r}, "
+                         f"expected {TOKENIZER_NAME!r} or {HF_TOKENIZER_NAME!r}")
+    if tok.get("name") == HF_TOKENIZER_NAME and not tok.get("files"):
+        raise ValueError(f"checkpoint: {path!r} has a Hugging Face model but no tokenizer files")
     return obj
 
 
@@ -151,6 +194,13 @@ def load_checkpoint(path: Union[str, os.PathLike], device: Union[str, torch.devi
     """
     obj = read_checkpoint(path)
     cfg = obj["model_config"]
+    meta = {k: obj[k] for k in ("format", "version", "created", "versions", "image_size") if k in obj}
+    if cfg.get("kind") == "hf_text":
+        from .hf import _bundle, build_hf_text_model
+
+        net, tokenizer = build_hf_text_model(cfg, obj["tokenizer"]["files"], obj["state_dict"])
+        bundle = _bundle(net, tokenizer, cfg, obj.get("name", "custom"), device)
+        return Checkpoint(bundle, obj.get("extra", {}), meta)
     net = _build(copy.deepcopy(cfg))
     net.load_state_dict(obj["state_dict"])
     net.to(torch.device(device)).eval()
@@ -160,5 +210,4 @@ def load_checkpoint(path: Union[str, os.PathLike], device: Union[str, torch.devi
     set_model_preprocess_cfg(net, {**pp, "mean": tuple(pp["mean"]), "std": tuple(pp["std"])})
     bundle = ModelBundle(net, get_tokenizer(int(obj["tokenizer"]["context_length"])),
                          make_preprocess(pp), cfg, obj.get("name", "custom"), pp)
-    meta = {k: obj[k] for k in ("format", "version", "created", "versions", "image_size") if k in obj}
     return Checkpoint(bundle, obj.get("extra", {}), meta)

@@ -21,9 +21,18 @@ def encode_images_tensor(model: torch.nn.Module, images: torch.Tensor) -> torch.
     return F.normalize(model.encode_image(images), dim=-1)
 
 
-def encode_text_tensor(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """L2-normalised text embeddings [N, D] from token ids [N, context_length]."""
+def encode_text_tensor(model: torch.nn.Module, tokens) -> torch.Tensor:
+    """L2-normalised text embeddings [N, D] from the tokenizer's output: token ids
+    [N, context_length] (open_clip) or a dict of [N, L] tensors (Hugging Face)."""
     return F.normalize(model.encode_text(tokens), dim=-1)
+
+
+def _to_device(x, device: torch.device):
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, Mapping):
+        return {k: _to_device(v, device) for k, v in x.items()}
+    return x
 
 
 class Encoder:
@@ -88,6 +97,10 @@ class Encoder:
     def encode_images(self, images: Sequence[Any]) -> np.ndarray:
         """PIL images (or image file paths) -> float32 [N, D] unit rows."""
         images = _as_list(images, "images")
+        if not self.bundle.has_image_tower:
+            raise ValueError(f"images: the model {self.bundle.name!r} is text-only (no image tower); encode "
+                             f"titles only (gcl-eval: --right-keys \"['title']\" --img-or-txt "
+                             f"\"[['txt'], ['txt']]\" --right-weights \"[1]\")")
         return self._run(images, self._pixels, self.bundle.model.encode_image)
 
     def encode_documents(self, titles: Sequence[Optional[str]], images: Sequence[Any],
@@ -95,13 +108,17 @@ class Encoder:
         """Fused document vectors ("mean" mode): [N, D] unit rows.
 
         A None title or image is a missing field: weight 0, the others renormalised. A row
-        with no present field of positive weight raises ValueError.
+        with no present field of positive weight raises ValueError. `field_weights`
+        defaults to the model's (`ModelBundle.default_field_weights`: title 1 for a
+        text-only model, whose images are then never read).
         """
         titles, images = _as_list(titles, "titles"), _as_list(images, "images")
         if len(titles) != len(images):
             raise ValueError(f"images: expected {len(titles)} values (one per title), got {len(images)}")
         n = len(titles)
-        fw = field_weight_vector(field_weights)
+        fw = field_weight_vector(self.bundle.default_field_weights if field_weights is None else field_weights)
+        if fw[1] <= 0:
+            images = [None] * n  # a zero-weight field is not encoded
         emb = np.zeros((2, n, self.dim), dtype=np.float32)
         present = np.zeros((n, 2), dtype=bool)
         for f, (vals, enc) in enumerate(((titles, self.encode_text), (images, self.encode_images))):
@@ -136,7 +153,7 @@ class Encoder:
                    leave=False)
         out = []
         for s in bar:
-            x = prepare(values[s:s + self.batch_size]).to(self.device, non_blocking=True)
+            x = _to_device(prepare(values[s:s + self.batch_size]), self.device)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
                 z = forward(x)
             out.append(F.normalize(z.float(), dim=-1).cpu())

@@ -1,8 +1,10 @@
-"""Build open_clip two-tower models: architecture configs, the tokenizer, the image
-preprocessing, and `create_model`, which returns them together as a `ModelBundle`.
+"""Build two-tower models: open_clip architectures (configs, the BPE tokenizer, the image
+preprocessing) and text-only Hugging Face / sentence-transformers towers from a local
+folder (`hf.py`); `create_model` returns either as a `ModelBundle`.
 
-Weights come only from a local file; nothing is ever downloaded (the BPE vocabulary ships
-inside the open_clip wheel).
+Weights come only from local files (`pretrained.py` reads open_clip's formats); nothing is
+ever downloaded (the BPE vocabulary ships inside the open_clip wheel, a Hugging Face
+folder brings its own tokenizer).
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import dataclasses
 import functools
 import json
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
@@ -45,32 +48,46 @@ class ModelBundle:
     """A model with everything needed to feed it.
 
     Attributes:
-        model: the open_clip `CLIP` (or `CustomTextCLIP`) module.
-        tokenizer: callable list[str] -> LongTensor [N, context_length].
-        preprocess: callable PIL.Image -> FloatTensor [3, H, W] (eval transform).
-        config: the full architecture config (JSON-serialisable dict).
-        name: "tiny", "ViT-B-32", a file name, or "custom" for a dict.
-        preprocess_cfg: open_clip preprocessing settings (size, mean, std, ...).
+        model: the open_clip `CLIP` (or `CustomTextCLIP`) module, or an `hf.HFTextModel`.
+        tokenizer: callable list[str] -> LongTensor [N, context_length] (open_clip), or a
+            dict of [N, L] tensors (`hf.HFTokenizer`: input_ids, attention_mask, ...).
+        preprocess: callable PIL.Image -> FloatTensor [3, H, W] (eval transform); None
+            for a text-only model.
+        config: the full architecture config (JSON-serialisable dict); a Hugging Face
+            text model's has "kind": "hf_text" (see `hf.hf_model_config`).
+        name: "tiny", "ViT-B-32", a file or folder name, or "custom" for a dict.
+        preprocess_cfg: open_clip preprocessing settings (size, mean, std, ...); {} for a
+            text-only model.
     """
 
     model: torch.nn.Module
-    tokenizer: Callable[[List[str]], torch.Tensor]
-    preprocess: Callable[[Any], torch.Tensor]
+    tokenizer: Callable[[List[str]], Any]
+    preprocess: Optional[Callable[[Any], torch.Tensor]]
     config: Dict[str, Any]
     name: str
     preprocess_cfg: Dict[str, Any]
+
+    @property
+    def kind(self) -> str:
+        """"open_clip" or "hf_text"."""
+        return str(self.config.get("kind", "open_clip"))
 
     @property
     def embed_dim(self) -> int:
         return int(self.config["embed_dim"])
 
     @property
-    def image_size(self) -> int:
+    def image_size(self) -> Optional[int]:
+        """The image side in pixels; None for a text-only model."""
+        if "vision_cfg" not in self.config:
+            return None
         size = self.config["vision_cfg"].get("image_size", 224)
         return int(size[0] if isinstance(size, (list, tuple)) else size)
 
     @property
     def context_length(self) -> int:
+        if self.kind != "open_clip":
+            return int(self.config["max_seq_length"])
         return int(self.config["text_cfg"].get("context_length", 77))
 
     @property
@@ -106,7 +123,9 @@ def _builtin_supported(name: str) -> bool:
 def _unsupported_reason(cfg: Mapping[str, Any], name: str) -> Optional[str]:
     text = cfg.get("text_cfg", {})
     if "hf_model_name" in text or "hf_tokenizer_name" in text:
-        return "its text tower or tokenizer comes from the Hugging Face hub (needs a download)"
+        return ("its text tower or tokenizer comes from the Hugging Face hub (needs a download; an open_clip "
+                "image tower with a Hugging Face text tower is not built here: pass the text model's local "
+                "folder as the model for a text-only two-tower model)")
     if "multimodal_cfg" in cfg:
         return "it is a CoCa captioning model, not a two-tower model"
     if "siglip" in name.lower():
@@ -117,6 +136,39 @@ def _unsupported_reason(cfg: Mapping[str, Any], name: str) -> Optional[str]:
         except ImportError:
             return "its image tower is a timm model and timm is not installed"
     return None
+
+
+def _folder_config(folder: str) -> Tuple[str, Dict[str, Any]]:
+    """(name, config) of an open_clip hub-style folder (`open_clip_config.json`)."""
+    from .pretrained import HUB_CONFIG, HUB_WEIGHTS
+
+    path = os.path.join(folder, HUB_CONFIG)
+    if not os.path.isfile(path):
+        raise ValueError(f"model: folder {folder!r} has neither {HUB_CONFIG} (an open_clip hub-style folder, with "
+                         f"{' or '.join(HUB_WEIGHTS)}) nor config.json / modules.json (a Hugging Face or "
+                         f"sentence-transformers text model)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"model: {path!r} is not valid JSON: {e}") from None
+    cfg = _check_config(raw, path)
+    if isinstance(raw, Mapping) and isinstance(raw.get("preprocess_cfg"), Mapping):
+        cfg["preprocess_cfg"] = json.loads(json.dumps(raw["preprocess_cfg"]))
+    return Path(os.path.abspath(folder)).name, cfg
+
+
+def _is_checkpoint_file(path: str) -> bool:
+    """A file written by `save_checkpoint` (a torch zip archive with our format tag)."""
+    if path.endswith(".json") or not os.path.isfile(path) or not zipfile.is_zipfile(path):
+        return False
+    from .checkpoint import read_checkpoint
+
+    try:
+        read_checkpoint(path)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_config(cfg: Any, source: str) -> Dict[str, Any]:
@@ -161,6 +213,8 @@ def resolve_model_config(model: ModelSpec) -> Tuple[str, Dict[str, Any]]:
         spec = os.fspath(model)
         if spec in MODEL_CONFIGS:
             name, cfg = spec, copy.deepcopy(MODEL_CONFIGS[spec])
+        elif os.path.isdir(spec):
+            name, cfg = _folder_config(spec)
         elif spec.endswith(".json") or os.path.isfile(spec):
             if not os.path.isfile(spec):
                 raise FileNotFoundError(f"model: config file {spec!r} does not exist")
@@ -233,13 +287,19 @@ def create_model(
     device: Union[str, torch.device] = "cpu",
     seed: Optional[int] = None,
 ) -> ModelBundle:
-    """Build an open_clip two-tower model, its tokenizer and its image preprocessing.
+    """Build a two-tower model, its tokenizer and (with an image tower) its preprocessing.
 
     Args:
-        model: see `resolve_model_config` ("tiny", "small", "ViT-B-32", JSON path, dict).
-        pretrained: optional local weights file (an open_clip / OpenAI CLIP state dict or
-            one of our checkpoints). Pretrained tags such as "openai" are refused: nothing
-            is downloaded.
+        model: "tiny", "small", an open_clip architecture ("ViT-B-32"), a JSON config
+            path or dict (see `resolve_model_config`); a local Hugging Face /
+            sentence-transformers folder (a text-only model, `hf.create_hf_text_model`);
+            an open_clip hub-style folder (`open_clip_config.json` + weights, loaded
+            unless `pretrained` is given); or a checkpoint file from `save_checkpoint`.
+        pretrained: optional local weights: for open_clip models any format of
+            `pretrained.load_open_clip_weights` (state dict, OpenAI CLIP, safetensors,
+            hub-style folder, our checkpoint); for a Hugging Face folder, a checkpoint of
+            the same model. Pretrained tags such as "openai" are refused: nothing is
+            downloaded.
         device: where the model lives.
         seed: seeds torch before initialising weights (reproducible random init).
 
@@ -251,26 +311,31 @@ def create_model(
         >>> b.model.encode_text(b.tokenizer(["red shoe"])).shape
         torch.Size([1, 32])
     """
+    if isinstance(model, (str, os.PathLike)):
+        spec = os.fspath(model)
+        if os.path.isdir(spec):
+            from . import hf
+
+            if hf.is_hf_folder(spec):
+                return hf.create_hf_text_model(spec, pretrained=pretrained, device=device, seed=seed)
+            if pretrained is None and os.path.isfile(os.path.join(spec, "open_clip_config.json")):
+                pretrained = spec  # a hub-style folder brings its weights
+        elif spec not in MODEL_CONFIGS and _is_checkpoint_file(spec):
+            if pretrained is not None:
+                raise ValueError(f"pretrained: {spec!r} is a checkpoint that already holds its weights; "
+                                 f"pass it alone (or as pretrained with its architecture as the model)")
+            from .checkpoint import load_checkpoint
+
+            return load_checkpoint(spec, device).bundle
     name, cfg = resolve_model_config(model)
     device = torch.device(device)
     if seed is not None:
         torch.manual_seed(seed)
     net = _build(cfg)
     if pretrained is not None:
-        path = os.fspath(pretrained)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"pretrained: {path!r} is not a file; only local weight files are supported "
-                f"(pretrained tags such as 'openai' would need a download)")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        from .checkpoint import CHECKPOINT_FORMAT
+        from .pretrained import load_open_clip_weights
 
-        if isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT:
-            net.load_state_dict(state["state_dict"])
-        else:
-            import open_clip
-
-            open_clip.load_checkpoint(net, path, strict=True, weights_only=True)
+        load_open_clip_weights(net, pretrained)
     net.to(device).eval()
     pp = _default_preprocess_cfg(cfg)
     from open_clip import set_model_preprocess_cfg

@@ -13,14 +13,16 @@ Modules, one concern each:
                   RandomEncoder (the chance baseline)
     retrieval     ExactRetriever (blocked exact top-k)
     ground_truth  relevance rescaling, weighted query sampling, qrels from CSV or gt file
+    cache         producer keys of cached artefacts (ArtefactStore, file_digest)
     protocol      evaluate_split, evaluate
     report        metrics.json / metrics.csv / ndcg_at_k.png
 """
-from .config import GT_SOURCES, SUMMARY_METRICS, EvalConfig, EvalReport, SplitResult
+from .cache import ArtefactStore, file_digest, file_stamp, key_mismatch, table_digest
+from .config import CSV_QUERIES, GT_SOURCES, NOISY_QUERIES, SUMMARY_METRICS, EvalConfig, EvalReport, SplitResult
 from .embeddings import EmbeddingTable, load_embeddings
 from .encoding import RandomEncoder, embed_corpus, encode_fields, encode_records
-from .ground_truth import ground_truth_for_split, ground_truth_from_csv, rescale_relevance, sample_queries
-from .protocol import evaluate, evaluate_split
+from .ground_truth import ground_truth_for_split, ground_truth_from_csv, query_values, rescale_relevance, sample_queries
+from .protocol import evaluate, evaluate_split, intended_missing
 from .protocols import (
     EncoderProtocol,
     FieldLike,
@@ -30,13 +32,14 @@ from .protocols import (
     RetrieverProtocol,
     SearchFn,
 )
-from .report import write_reports
+from .report import ndcg_figure, write_reports
 from .retrieval import ExactRetriever
 
 __all__ = [
-    "GT_SOURCES", "SUMMARY_METRICS", "EmbeddingTable", "EncoderProtocol", "EvalConfig", "EvalReport",
-    "ExactRetriever", "FieldLike", "IndexingRetrieverProtocol", "Kind", "RandomEncoder", "RetrieverLike",
-    "RetrieverProtocol", "SearchFn", "SplitResult", "embed_corpus", "encode_fields", "encode_records",
-    "evaluate", "evaluate_split", "ground_truth_for_split", "ground_truth_from_csv", "load_embeddings",
-    "rescale_relevance", "sample_queries", "write_reports",
+    "CSV_QUERIES", "GT_SOURCES", "NOISY_QUERIES", "SUMMARY_METRICS", "ArtefactStore", "EmbeddingTable",
+    "EncoderProtocol", "EvalConfig", "EvalReport", "ExactRetriever", "FieldLike", "IndexingRetrieverProtocol", "Kind",
+    "RandomEncoder", "RetrieverLike", "RetrieverProtocol", "SearchFn", "SplitResult", "embed_corpus", "encode_fields",
+    "encode_records", "evaluate", "evaluate_split", "file_digest", "file_stamp", "ground_truth_for_split",
+    "ground_truth_from_csv", "intended_missing", "key_mismatch", "load_embeddings", "ndcg_figure", "query_values",
+    "rescale_relevance", "sample_queries", "table_digest", "write_reports",
 ]

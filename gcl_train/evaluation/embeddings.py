@@ -38,8 +38,26 @@ class EmbeddingTable:
         if v.shape[0] != len(self.ids):
             raise ValueError(f"vectors: expected {len(self.ids)} rows (one per id), got {v.shape[0]}")
         if len(set(self.ids)) != len(self.ids):
-            raise ValueError("ids: expected unique ids")
+            seen, dup = set(), []
+            for i in self.ids:
+                if i in seen and i not in dup:
+                    dup.append(i)
+                seen.add(i)
+            raise ValueError(f"ids: expected unique ids, got {len(self.ids) - len(seen)} repeats, e.g. {dup[:3]}")
+        if not (np.issubdtype(v.dtype, np.floating) or np.issubdtype(v.dtype, np.integer)):
+            raise ValueError(f"vectors: expected a float array, got dtype {v.dtype}")
         self._index = None
+        self._nonfinite = None
+
+    def count_nonfinite(self, chunk_rows: int = 65536) -> int:
+        """Rows holding a NaN or an infinity (read in chunks; memoised)."""
+        if self._nonfinite is None:
+            bad = 0
+            for s in range(0, self.vectors.shape[0], chunk_rows):
+                block = np.asarray(self.vectors[s: s + chunk_rows])
+                bad += int((~np.isfinite(block).all(axis=1)).sum())
+            self._nonfinite = bad
+        return self._nonfinite
 
     def index_of(self) -> Dict[str, int]:
         if self._index is None:
@@ -71,7 +89,10 @@ class EmbeddingTable:
         for p in (npy, idp):
             if not os.path.isfile(p):
                 raise FileNotFoundError(f"embeddings: {p} not found")
-        vectors = np.load(npy, mmap_mode="r" if mmap else None)
+        try:
+            vectors = np.load(npy, mmap_mode="r" if mmap else None)
+        except (ValueError, OSError, EOFError) as e:
+            raise DataFormatError(npy, 0, f"not a readable .npy array ({e})") from None
         with open(idp, "r", encoding="utf-8") as f:
             try:
                 ids = json.load(f)

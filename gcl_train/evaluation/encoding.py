@@ -161,7 +161,8 @@ def encode_records(
     """Fused unit vectors for a batch of records (dicts of field values).
 
     `encode_fields`, then `fuse_embeddings`: missing fields get weight 0 and the rest
-    are renormalised.
+    are renormalised. A record with no present field, or without a field whose spec is
+    `required`, is unusable (a zero row).
 
     Shape:
         returns vectors [N, D] float32 (zero rows for unusable records) and usable [N] bool.
@@ -172,8 +173,9 @@ def encode_records(
         return np.zeros((n, 0), dtype=np.float32), np.zeros(n, dtype=bool)
     w = np.array([s.weight for s in specs], dtype=np.float64)[None, :] * present
     wsum = w.sum(axis=1, keepdims=True)
-    usable = wsum[:, 0] > 0
-    w = np.where(wsum > 0, w / np.where(wsum > 0, wsum, 1.0), 0.0)
+    required = np.array([bool(getattr(s, "required", False)) for s in specs])
+    usable = (wsum[:, 0] > 0) & present[:, required].all(axis=1)
+    w = np.where(usable[:, None], w / np.where(wsum > 0, wsum, 1.0), 0.0)
     return fuse_embeddings(vectors, w), usable
 
 

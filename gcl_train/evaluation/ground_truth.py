@@ -2,7 +2,6 @@
 a gt file (the reference evaluation's procedure)."""
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -21,8 +20,6 @@ from ..data.marqo_gs import (
     split_query_key,
 )
 from .config import EvalConfig
-
-log = logging.getLogger(__name__)
 
 
 def rescale_relevance(s: float, lo: float, hi: float) -> int:
@@ -133,30 +130,33 @@ def ground_truth_for_split(
 ) -> Tuple[Dict[str, Dict[str, int]], Dict[str, Dict[str, Any]], str, List[str]]:
     """(qrels, query field values, source used, notes) for a split under `config`."""
     split = resolve_split(split)
-    lkeys = [s.key for s in config.left]
     notes: List[str] = []
     if config.ground_truth in ("test", "dev"):
         try:
             gt = dataset.ground_truth(split, config.ground_truth)
         except FileNotFoundError:
             notes.append(f"no {split}_gt_{config.ground_truth}.json; ground truth rebuilt from the CSV")
-            log.warning("%s: %s", split, notes[-1])
         else:
             keys = list(gt)
-            chosen = sample_queries(keys, [sum(gt[k].values()) for k in keys], config.n_queries, config.seed) \
-                if config.n_queries != -1 and config.n_queries < len(keys) else keys
+            n = config.queries_for(config.ground_truth)
+            chosen = sample_queries(keys, [sum(gt[k].values()) for k in keys], n, config.seed) \
+                if n != -1 and n < len(keys) else keys
             qrels = {}
             for k in chosen:
                 top = sorted(gt[k].items(), key=lambda t: -t[1])[: config.top_k]
                 qrels[k] = dict(top)
-            values = {k: dict(zip(lkeys, split_query_key(k, len(lkeys)))) for k in chosen}
-            return qrels, values, config.ground_truth, notes
+            return qrels, query_values(chosen, config.left), config.ground_truth, notes
     stats = ReadStats()
     qrels, values = ground_truth_from_csv(
-        dataset.csv_path(split), config.left, config.weight_key, config.n_queries, config.top_k,
+        dataset.csv_path(split), config.left, config.weight_key, config.queries_for("csv"), config.top_k,
         config.seed, progress, stats,
     )
     if stats.n_skipped:
         notes.append(stats.summary())
     return qrels, values, "csv", notes
 
+
+def query_values(keys: Sequence[str], left: FieldSpecs) -> Dict[str, Dict[str, Any]]:
+    """{query key: {left key: value}}: the left field values a query key stands for."""
+    lkeys = [s.key for s in left]
+    return {k: dict(zip(lkeys, split_query_key(k, len(lkeys)))) for k in keys}

@@ -124,8 +124,16 @@ def _search(retriever: RetrieverLike, query_vectors: np.ndarray, k: int) -> Tupl
         ids, scores = retriever(query_vectors, k)
     else:
         raise ValueError(f"retriever: expected an object with .search(query_vectors, k) or a callable, got {type(retriever).__name__}")
+    n = query_vectors.shape[0]
+    if len(ids) != n:
+        raise ValueError(f"retriever: expected {n} result lists, got {len(ids)}")
     scores = np.asarray(scores, dtype=np.float64)
-    if len(ids) != query_vectors.shape[0]:
-        raise ValueError(f"retriever: expected {query_vectors.shape[0]} result lists, got {len(ids)}")
+    if scores.ndim != 2 or scores.shape[0] != n:
+        raise ValueError(f"retriever: expected scores [Q={n}, k], got shape {scores.shape}")
+    for row, got in enumerate(ids):
+        m = len(got)
+        if m > scores.shape[1]:
+            raise ValueError(f"retriever: query {row} has {m} ids but {scores.shape[1]} scores")
+        if not np.isfinite(scores[row, :m]).all():
+            raise ValueError(f"retriever: query {row} has NaN or infinite scores")
     return ids, scores
-

@@ -24,7 +24,7 @@ from gcl_train.evaluation import (
 )
 from gcl_train.metrics import metric_names, ranking_metrics
 
-SMALL = EvalConfig(n_queries=-1, ks=(1, 5, 10, 100), top_k=100, batch_size=64)
+SMALL = EvalConfig(n_queries=-1, ground_truth="test", ks=(1, 5, 10, 100), top_k=100, batch_size=64)
 
 
 @pytest.fixture(scope="module")

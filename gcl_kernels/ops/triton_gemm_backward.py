@@ -60,7 +60,7 @@ _DS_BLOCK_BYTES = None
 # Rows (columns) of a block are a multiple of this, so that no tile straddles two blocks'
 # worth of buffer; under the interpreter the tiles are 16 wide.
 _GPU_ALIGN = 256
-_INTERPRET_TILES = {"BM": 16, "BN": 16, "BK": 32}
+_INTERPRET_TILES = {"BM": 16, "BN": 32, "BK": 32, "SPLIT_N": 2}
 # Programs of the persistent grid per multiprocessor (a second wave only waits for a slot).
 _PROGRAMS_PER_SM = 2
 # Programs under the interpreter: few, so that each walks several tiles.
@@ -72,6 +72,43 @@ _TORCH_DT = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat1
 # Kernel
 # --------------------------------------------------------------------------------------
 @triton.jit
+def _ds_epilogue(
+    acc,        # [BM, BN] float32 <x_i, y_j> of one tile (or a column slice of it)
+    ds_out,     # the kernel's dS output (descriptor or pointer)
+    scale2, pow2, lg_ptr, rg_ptr,
+    cbias_ptr,  # [P, B] float32 column bias (if HAS_COL)
+    rb, dc,     # [BM] float32 row bias and diagonal coefficient of the tile's rows
+    p, i_m, row_ok, i0, j0, COL0, COLS, ROWS_PAD, COLS_PAD, B, B_R, B_LG, P,
+    HAS_ROW: tl.constexpr, HAS_COL: tl.constexpr, HAS_LG: tl.constexpr, HAS_RG: tl.constexpr,
+    USE_TMA: tl.constexpr, DS_DTYPE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+):
+    # dS = 2^(S2 - rbias_i) + 2^(S2 - cbias_j) - [i == j] dcoef_i on columns [j0, j0 + BN) of
+    # the block; stores dS * 2^k and returns the row sums of dS * S2 (masked: 0 * _MASKED = 0)
+    offs_n = j0 + tl.arange(0, BN)
+    j_n = COL0 + offs_n
+    col_ok = offs_n < COLS
+    s2 = _masked_scores(acc, scale2, lg_ptr, rg_ptr, i_m, row_ok, j_n, col_ok, B, B_R, B_LG,
+                        HAS_LG, HAS_RG)
+    ds = tl.zeros((BM, BN), dtype=tl.float32)
+    if HAS_ROW:
+        ds += tl.exp2(s2 - rb[:, None])
+    if HAS_COL:
+        cb = tl.load(cbias_ptr + p * B + j_n, mask=col_ok & (j_n < B), other=float("inf"))
+        ds += tl.exp2(s2 - cb[None, :])
+    ds -= tl.where(i_m[:, None] == j_n[None, :], dc[:, None], 0.0)
+    out = (ds * pow2).to(DS_DTYPE)
+    if USE_TMA:
+        ds_out.store([p * ROWS_PAD + i0, j0], out)
+    else:
+        ob = tl.make_block_ptr(ds_out, (P * ROWS_PAD, COLS), (COLS_PAD, 1),
+                               (p * ROWS_PAD + i0, j0), (BM, BN), (1, 0))
+        tl.store(ob, out, boundary_check=(0, 1))
+    return tl.sum(ds * s2, axis=1)
+
+
+# The block bounds vary from launch to launch (the last block is ragged): not specialised on
+# divisibility, so every block runs the same binary instead of compiling a second one.
+@triton.jit(do_not_specialize=["ROW0", "ROWS", "COL0", "COLS"])
 def _gcl_ds_kernel(
     x_in,       # USE_TMA: descriptor over x as [F_L * B, D], block [BM, BK]; else *x [F_L, B, D]
     y_in,       # USE_TMA: descriptor over y as [F_R * B_R, D], block [BN, BK]; else *y [F_R, B_R, D]
@@ -90,6 +127,7 @@ def _gcl_ds_kernel(
     HAS_ROW: tl.constexpr, HAS_COL: tl.constexpr, HAS_LG: tl.constexpr, HAS_RG: tl.constexpr,
     CAST_F32: tl.constexpr, PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
     DS_DTYPE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    SPLIT_N: tl.constexpr,  # 1 or 2: the epilogue's column slices
 ):
     # For the block rows [ROW0, ROW0 + ROWS) x columns [COL0, COL0 + COLS) of every field
     # pair p = (l, r) (GCL_SPEC section 1, weights folded into the biases, log2 units):
@@ -107,7 +145,6 @@ def _gcl_ds_kernel(
     scale2 = tl.load(scale_ptr) * _LOG2E
     pow2 = tl.load(pow2_ptr)
     offs_m = tl.arange(0, BM)
-    offs_n = tl.arange(0, BN)
     dsdot = tl.zeros((BM,), dtype=tl.float32)
     # Persistent: program pid takes tiles pid, pid + n_prog, ...; tiles run down the rows of
     # one column tile first, so the programs in flight share y tiles (the x block is small).
@@ -121,9 +158,7 @@ def _gcl_ds_kernel(
         i0 = tm * BM
         j0 = tn * BN
         i_m = ROW0 + i0 + offs_m
-        j_n = COL0 + j0 + offs_n
         row_ok = i0 + offs_m < ROWS
-        col_ok = j0 + offs_n < COLS
 
         acc = tl.zeros((BM, BN), dtype=tl.float32)
         if USE_TMA:
@@ -151,25 +186,24 @@ def _gcl_ds_kernel(
                 xb = tl.advance(xb, (0, BK))
                 yb = tl.advance(yb, (0, BK))
 
-        s2 = _masked_scores(acc, scale2, lg_ptr, rg_ptr, i_m, row_ok, j_n, col_ok, B, B_R, B_LG,
-                            HAS_LG, HAS_RG)
-        ds = tl.zeros((BM, BN), dtype=tl.float32)
+        rb = tl.zeros((BM,), dtype=tl.float32)
         if HAS_ROW:
             rb = tl.load(rbias_ptr + p * B + i_m, mask=row_ok, other=float("inf"))
-            ds += tl.exp2(s2 - rb[:, None])
-        if HAS_COL:
-            cb = tl.load(cbias_ptr + p * B + j_n, mask=col_ok & (j_n < B), other=float("inf"))
-            ds += tl.exp2(s2 - cb[None, :])
         dc = tl.load(dcoef_ptr + p * B + i_m, mask=row_ok, other=0.0)
-        ds -= tl.where(i_m[:, None] == j_n[None, :], dc[:, None], 0.0)
-        dsdot += tl.sum(ds * s2, axis=1)  # masked: 0 * _MASKED = 0
-        out = (ds * pow2).to(DS_DTYPE)
-        if USE_TMA:
-            ds_out.store([p * ROWS_PAD + i0, j0], out)
+        # the epilogue in SPLIT_N column slices: fewer float32 temporaries live at once
+        if SPLIT_N == 1:
+            dsdot += _ds_epilogue(acc, ds_out, scale2, pow2, lg_ptr, rg_ptr, cbias_ptr, rb, dc, p,
+                                  i_m, row_ok, i0, j0, COL0, COLS, ROWS_PAD, COLS_PAD, B, B_R, B_LG,
+                                  P, HAS_ROW, HAS_COL, HAS_LG, HAS_RG, USE_TMA, DS_DTYPE, BM, BN)
         else:
-            ob = tl.make_block_ptr(ds_out, (P * ROWS_PAD, COLS), (COLS_PAD, 1),
-                                   (p * ROWS_PAD + i0, j0), (BM, BN), (1, 0))
-            tl.store(ob, out, boundary_check=(0, 1))
+            a0, a1 = tl.split(tl.permute(tl.reshape(acc, (BM, 2, BN // 2)), (0, 2, 1)))
+            dsdot += _ds_epilogue(a0, ds_out, scale2, pow2, lg_ptr, rg_ptr, cbias_ptr, rb, dc, p,
+                                  i_m, row_ok, i0, j0, COL0, COLS, ROWS_PAD, COLS_PAD, B, B_R, B_LG,
+                                  P, HAS_ROW, HAS_COL, HAS_LG, HAS_RG, USE_TMA, DS_DTYPE, BM, BN // 2)
+            dsdot += _ds_epilogue(a1, ds_out, scale2, pow2, lg_ptr, rg_ptr, cbias_ptr, rb, dc, p,
+                                  i_m, row_ok, i0, j0 + BN // 2, COL0, COLS, ROWS_PAD, COLS_PAD, B,
+                                  B_R, B_LG, P, HAS_ROW, HAS_COL, HAS_LG, HAS_RG, USE_TMA, DS_DTYPE,
+                                  BM, BN // 2)
     tl.store(dsdot_ptr + pid, tl.sum(dsdot, axis=0) / scale2)
 
 
@@ -177,17 +211,18 @@ def _gcl_ds_kernel(
 # Configs and launcher
 # --------------------------------------------------------------------------------------
 def _set_block_shapes(nargs):
-    """Autotune pre-hook: the descriptors' block shapes follow the config being run."""
+    """Autotune pre-hook: the descriptors' block shapes follow the config being run (the dS
+    store goes out one epilogue slice at a time)."""
     bm, bn, bk = nargs["BM"], nargs["BN"], nargs["BK"]
     if TensorDescriptor is not None and isinstance(nargs["x_in"], TensorDescriptor):
         nargs["x_in"].block_shape = [bm, bk]
         nargs["y_in"].block_shape = [bn, bk]
-        nargs["ds_out"].block_shape = [bm, bn]
+        nargs["ds_out"].block_shape = [bm, bn // nargs["SPLIT_N"]]
 
 
-def _config(bm, bn, bk, warps, stages):
-    return triton.Config({"BM": bm, "BN": bn, "BK": bk}, num_warps=warps, num_stages=stages,
-                         pre_hook=_set_block_shapes)
+def _config(bm, bn, bk, warps, stages, split):
+    return triton.Config({"BM": bm, "BN": bn, "BK": bk, "SPLIT_N": split}, num_warps=warps,
+                         num_stages=stages, pre_hook=_set_block_shapes)
 
 
 # Curated for Hopper, tensor-core 16-bit inputs; the first is the default with autotune off.
@@ -195,12 +230,11 @@ def _config(bm, bn, bk, warps, stages):
 # 128 x 128 on 4 warps leaves room for two programs per SM, so one's epilogue overlaps the
 # other's products. Offline sm_90 builds: docs/triton_kernel.md.
 _DS_SHAPES = [
-    # BM, BN, BK, warps, stages
-    (128, 256, 64, 8, 3),
-    (128, 128, 64, 8, 4),
-    (128, 128, 64, 4, 4),
-    (256, 128, 64, 8, 3),
-    (64, 256, 64, 4, 4),
+    # BM, BN, BK, warps, stages, epilogue slices
+    (128, 256, 64, 8, 3, 2),
+    (128, 128, 64, 8, 4, 1),
+    (128, 128, 64, 4, 2, 2),
+    (256, 128, 64, 8, 3, 2),
 ]
 _DS_CONFIGS = [_config(*s) for s in _DS_SHAPES]
 
@@ -343,10 +377,11 @@ def ds_launch_args(inp: GCLInputs, stats, pow2, buf, dsdot, row0: int, rows: int
     rg = inp.rhs_groups if inp.rhs_groups is not None else torch.empty(1, dtype=torch.int64, device=dev)
     b_lg = lg.numel() if inp.lhs_groups is not None else b
     if use_tma:
-        t = tiles or {"BM": 64, "BN": 64, "BK": 64}  # reset per config by _set_block_shapes
+        t = tiles or {"BM": 64, "BN": 64, "BK": 64, "SPLIT_N": 1}  # reset per config (_set_block_shapes)
         x_in = TensorDescriptor(x, [f_l * b, d], [d, 1], [t["BM"], t["BK"]])
         y_in = TensorDescriptor(y, [f_r * b_r, d], [d, 1], [t["BN"], t["BK"]])
-        ds_in = TensorDescriptor(buf, [p * rows_pad, cols], [cols_pad, 1], [t["BM"], t["BN"]])
+        ds_in = TensorDescriptor(buf, [p * rows_pad, cols], [cols_pad, 1],
+                                 [t["BM"], t["BN"] // t.get("SPLIT_N", 1)])
     else:
         x_in, y_in, ds_in = x, y, buf
     args = (x_in, y_in, ds_in, scale, pow2, lg, rg, rbias, cbias, dcoef, dsdot,

@@ -298,19 +298,34 @@ class MultiFieldIndex:
         """
         on_duplicate = check_on_duplicate(on_duplicate)
         ids = check_ids(ids, allow_duplicates=on_duplicate != "error")
+        keep = None
+        if on_duplicate != "error":
+            keep, repeated, dropped = dedupe(ids, on_duplicate)
+            if dropped == 0:
+                keep = None
+            elif on_duplicate == "report":
+                log.warning("upsert: %d repeated id(s) %s: kept the first row of each, skipped %d row(s)",
+                            len(repeated), repeated[:10], dropped)
+        return self._write(ids, vectors, payloads, present, keep)
+
+    def _write(self, ids: List[str], vectors: Any, payloads: Any, present: Any,
+               keep: Optional[np.ndarray] = None) -> int:
+        """Validate a batch of checked ids and write its rows ``keep`` (all if None).
+
+        Every row is validated, kept or not, so error messages number rows as the caller
+        passed them; ``ingest`` uses ``keep`` to drop ids it has already written.
+        """
         n = len(ids)
         pls, payload_bytes = check_payloads(payloads, n)
         vecs, mask = doc_vectors(self.schema, vectors, n, present)
-        keep, repeated, dropped = dedupe(ids, on_duplicate) if on_duplicate != "error" else (None, [], 0)
-        if dropped:
-            if on_duplicate == "report":
-                log.warning("upsert: %d repeated id(s) %s: kept the first row of each, skipped %d row(s)",
-                            len(repeated), repeated[:10], dropped)
+        if keep is not None:
             ids = [ids[i] for i in keep]
             pls = [pls[i] for i in keep]
             vecs = {k: v[keep] for k, v in vecs.items()}
             mask = {k: (None if m is None else m[keep]) for k, m in mask.items()}
             n = len(ids)
+            if n == 0:
+                return 0
         b = self.backend
         b.check_space(write_bytes(vecs, mask, payload_bytes, n), f"upsert of {n} documents")
         pids = point_ids(ids)

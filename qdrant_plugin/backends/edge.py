@@ -212,7 +212,7 @@ class EdgeBackend(Backend):
         # (measured on tmpfs, where the engine's preallocation is real; on ext4 it is sparse).
         return ENGINE_FILE_BYTES + 2 ** 20 * (len(schema.vector_dims()) + 2)
 
-    def optimize_bytes(self) -> int:
+    def optimize_bytes(self, n: Optional[int] = None) -> int:
         """Estimated disk bytes ``optimize()`` needs: the optimiser writes a new segment with
         every point's vectors and payload, then the graphs (and int8 codes) on top.
 
@@ -220,7 +220,7 @@ class EdgeBackend(Backend):
         point (2,048 of vectors); this estimate gives 3,472.
         """
         schema = self._schema
-        n = self.count()
+        n = self.count() if n is None else n
         graphed = [schema.main_vector] + (list(schema.field_names) if schema.index_fields else [])
         graphed = list(dict.fromkeys(graphed))
         per_point = sum(schema.vector_dims().values()) * 4 * 5 // 4 + 512

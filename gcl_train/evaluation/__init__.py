@@ -22,7 +22,7 @@ from .config import CSV_QUERIES, GT_SOURCES, NOISY_QUERIES, SUMMARY_METRICS, Eva
 from .embeddings import EmbeddingTable, load_embeddings
 from .encoding import RandomEncoder, embed_corpus, encode_fields, encode_records
 from .ground_truth import ground_truth_for_split, ground_truth_from_csv, query_values, rescale_relevance, sample_queries
-from .protocol import evaluate, evaluate_split, intended_missing
+from .protocol import evaluate, evaluate_split
 from .protocols import (
     EncoderProtocol,
     FieldLike,
@@ -40,6 +40,6 @@ __all__ = [
     "EncoderProtocol", "EvalConfig", "EvalReport", "ExactRetriever", "FieldLike", "IndexingRetrieverProtocol", "Kind",
     "RandomEncoder", "RetrieverLike", "RetrieverProtocol", "SearchFn", "SplitResult", "embed_corpus", "encode_fields",
     "encode_records", "evaluate", "evaluate_split", "file_digest", "file_stamp", "ground_truth_for_split",
-    "ground_truth_from_csv", "intended_missing", "key_mismatch", "load_embeddings", "ndcg_figure", "query_values",
+    "ground_truth_from_csv", "key_mismatch", "load_embeddings", "ndcg_figure", "query_values",
     "rescale_relevance", "sample_queries", "table_digest", "write_reports",
 ]

@@ -9,7 +9,6 @@ describes the protocol and where it departs from the reference.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -21,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..data.errors import DataFormatError
 from ..data.marqo_gs import SPLIT_CORPUS, SPLIT_NAMES, SPLITS, MarqoGSDataset, resolve_split
+from ..data.synthetic import intended_missing as synthetic_intended_missing
 from ..metrics import chance_metrics, ranking_metrics
 from .cache import CACHE_VERSION, ArtefactStore, file_stamp, table_digest
 from .config import EvalConfig, EvalReport, SplitResult
@@ -96,25 +96,16 @@ def _split_key(ds: MarqoGSDataset, split: str, config: EvalConfig, encoder_id: O
 # notes about missing fields
 # ----------------------------------------------------------------------------------------
 
-def intended_missing(ds: MarqoGSDataset) -> Dict[str, int]:
-    """{note text: count} of fields a synthetic data set leaves out on purpose ({} otherwise).
-
-    Reads `synthetic_meta.json` (written by `gcl_train.data.synthetic`) when the root has
-    one: its `missing_titles` and `missing_images` counts.
-    """
-    path = os.path.join(ds.root, "synthetic_meta.json")
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            meta = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(meta, dict) or meta.get("generator") != "gcl_train.data.synthetic":
+def _intended(ds: MarqoGSDataset, corpus: str) -> Dict[str, int]:
+    """{count name: how many the synthetic data set leaves out on purpose} for a corpus."""
+    info = synthetic_intended_missing(ds.root) or {}
+    counts = info.get(corpus)
+    if not isinstance(counts, dict):
         return {}
     out = {}
-    for what, key in (("missing title", "missing_titles"), ("absent image file (image_local)", "missing_images")):
-        n = meta.get(key)
+    for what, field in (("missing title", "title"), ("absent image file (image_local)", "image"),
+                        ("missing image_local", "image")):
+        n = counts.get(field)
         if isinstance(n, int) and not isinstance(n, bool) and n > 0:
             out[what] = n
     return out
@@ -194,7 +185,7 @@ def _corpus_table(ds, corpus, tables, encoder, encoder_id, config, progress, sto
 
 
 def _run_split(ds: MarqoGSDataset, split: str, encoder, encoder_id, tables, config: EvalConfig, retriever,
-               progress: bool, store: Optional[ArtefactStore], cache, intended: Mapping[str, int]) -> SplitResult:
+               progress: bool, store: Optional[ArtefactStore], cache) -> SplitResult:
     t0 = time.perf_counter()
     corpus = SPLIT_CORPUS[split]
 
@@ -224,6 +215,7 @@ def _run_split(ds: MarqoGSDataset, split: str, encoder, encoder_id, tables, conf
     # corpus
     table, doc_counts = _corpus_table(ds, corpus, tables, encoder, encoder_id, config, progress, store, cache)
     n_unusable = doc_counts.get("unusable documents", 0)
+    intended = _intended(ds, corpus)
     for what, n in sorted(doc_counts.items()):
         if what != "unusable documents" and n:
             notes.append(_field_note(corpus, what, n, intended))
@@ -304,7 +296,7 @@ def evaluate_split(
     config = (config or EvalConfig()).validate()
     store = ArtefactStore(out_dir, resume=False) if out_dir else None
     return _run_split(ds, resolve_split(split), encoder, _check_encoder_id(encoder_id), _as_tables(embeddings), config,
-                      retriever, progress, store, _cache if _cache is not None else {}, intended_missing(ds))
+                      retriever, progress, store, _cache if _cache is not None else {})
 
 
 def _split_list(ds: MarqoGSDataset, splits) -> List[str]:
@@ -372,7 +364,6 @@ def evaluate(
     split_list = _split_list(ds, splits)
     tables = _as_tables(embeddings)
     store = ArtefactStore(out_dir, resume) if out_dir else None
-    intended = intended_missing(ds)
     cache: Dict[str, Tuple[EmbeddingTable, Counter]] = {}
     results: Dict[str, SplitResult] = {}
     for split in tqdm(split_list, desc="splits", unit="split", disable=not progress or len(split_list) < 2):
@@ -384,7 +375,7 @@ def evaluate(
                 continue
             except TypeError as e:
                 log.info("%s: evaluating again: the stored result does not fit (%s)", split, e)
-        res = _run_split(ds, split, encoder, encoder_id, tables, config, retriever, progress, store, cache, intended)
+        res = _run_split(ds, split, encoder, encoder_id, tables, config, retriever, progress, store, cache)
         results[split] = res
         if store:
             store.save_split(split, key, res.to_dict(), res.run if save_runs else None)

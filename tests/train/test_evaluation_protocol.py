@@ -106,8 +106,9 @@ def test_plot_names_the_model_fits_the_axis_and_draws_chance(gs, tmp_path):
 
 
 def test_intended_missing_fields_are_noted_as_such_at_info(gs, caplog):
-    meta = json.load(open(os.path.join(gs, "synthetic_meta.json")))
-    assert meta["missing_titles"] > 0
+    from gcl_train.data.synthetic import intended_missing
+
+    assert intended_missing(gs)["corpus_1"]["title"] > 0
     with caplog.at_level(logging.INFO, logger="gcl_train.evaluation"):
         report = evaluate(gs, ["in_domain"], encoder=RandomEncoder(8), progress=False,
                           config=EvalConfig(n_queries=-1, ks=(1, 10), top_k=10))

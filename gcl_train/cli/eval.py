@@ -99,7 +99,8 @@ def _parser() -> Tuple[argparse.ArgumentParser, ConfigArguments]:
     src.add_argument("--embeddings", help="a directory of precomputed tables (<name>.npy + <name>.ids.json: "
                                           "queries, corpus_1, corpus_2; docs/evaluation.md)")
     g.add_argument("--pretrained", default=None, help="local weights for --model (default: none)")
-    g.add_argument("--device", default="cpu", help="encoder (and retrieval) device, e.g. cuda (default: cpu)")
+    g.add_argument("--device", default="cpu", help="encoder device, e.g. cuda; exact retrieval runs on the CPU "
+                                                   "(default: cpu)")
     g.add_argument("--label", default=None,
                    help="what is evaluated, for the plot title and metrics.json "
                         "(default: the --checkpoint, --model or --embeddings value)")

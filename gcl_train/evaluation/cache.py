@@ -90,7 +90,7 @@ def key_mismatch(old: Optional[Mapping[str, Any]], new: Mapping[str, Any], prefi
 
     Example:
         >>> key_mismatch({"encoder": "a", "config": {"seed": 1}}, {"encoder": "b", "config": {"seed": 2}})
-        ['encoder', 'config.seed']
+        ['config.seed', 'encoder']
     """
     if not isinstance(old, Mapping):
         return [prefix.rstrip(".") or "everything (no key recorded)"]

@@ -134,8 +134,14 @@ class EvalReport:
     files: Dict[str, str] = field(default_factory=dict)
     label: Optional[str] = None
 
-    def table(self, metrics: Sequence[str] = ("ndcg@10",) + SUMMARY_METRICS[1:] + ("recall@1000",)) -> str:
-        """A fixed-width text table: one row per split; noisy splits are starred, with a footnote."""
+    def table(self, metrics: Optional[Sequence[str]] = None) -> str:
+        """A fixed-width text table: one row per split; noisy splits are starred, with a footnote.
+
+        Default columns: the summary metrics and recall at the largest cut-off; a metric
+        the run did not compute shows as "-".
+        """
+        if metrics is None:
+            metrics = SUMMARY_METRICS + (f"recall@{max(self.config.ks)}",)
         cols = ["split", "queries", "docs"] + list(metrics)
         rows = [cols]
         noisy = []
@@ -143,7 +149,7 @@ class EvalReport:
             q = str(r.n_queries) + ("*" if r.noisy else "")
             if r.noisy:
                 noisy.append(f"{r.name} {r.n_queries}")
-            rows.append([r.name, q, str(r.n_docs)] + [f"{r.metrics.get(m, float('nan')):.4f}" for m in metrics])
+            rows.append([r.name, q, str(r.n_docs)] + [f"{r.metrics[m]:.4f}" if m in r.metrics else "-" for m in metrics])
         widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
         lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
         if noisy:

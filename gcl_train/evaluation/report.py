@@ -87,7 +87,7 @@ def ndcg_figure(report: EvalReport):
         if r.chance:
             c = [r.chance.get(f"ndcg@{k}", float("nan")) for k in ks]
             ax.plot(ks, c, linestyle="--", linewidth=1, color=color, alpha=0.7,
-                    label="chance" if i == 0 else None)
+                    label="chance (dashed, per split)" if i == 0 else None)
             values += c
     finite = [v for v in values if v == v]
     if finite:

@@ -351,8 +351,9 @@ def test_checkpoint_seconds_is_validated(value):
         assert idx.count() == 0
 
 
-def test_nan_checkpoint_seconds_used_to_skip_every_marker(tmp_path):
-    # before: nan compared False with every elapsed time, so no marker was written until the end
+def test_checkpoint_seconds_zero_records_every_batch(tmp_path):
+    # the lower end of the range (nan, which compared False with every elapsed time and so
+    # never recorded progress, is refused above)
     store = str(tmp_path / "store")
     with MultiFieldIndex(store, "c", FIELDS) as idx:
         ingest(idx, ArraySource([f"d{i}" for i in range(100)], _docs(100)), batch_size=10, progress=False,

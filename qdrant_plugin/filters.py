@@ -21,10 +21,20 @@ from typing import Any, List, Mapping, Optional
 from qdrant_client import models
 
 _RANGE_KEYS = ("gt", "gte", "lt", "lte")
+# Qdrant stores and matches integers as signed 64-bit values.
+_INT64 = (-(2 ** 63), 2 ** 63 - 1)
 
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_int(key: str, v: Any) -> None:
+    if isinstance(v, int) and not isinstance(v, bool) and not _INT64[0] <= v <= _INT64[1]:
+        raise ValueError(
+            f"filter[{key!r}]: integer {v} is outside the signed 64-bit range Qdrant stores, so it "
+            f"cannot match anything"
+        )
 
 
 def to_filter(filter: Any) -> Optional[models.Filter]:
@@ -50,6 +60,7 @@ def to_filter(filter: Any) -> Optional[models.Filter]:
         if not isinstance(key, str) or not key:
             raise ValueError(f"filter: keys must be non-empty strings, got {key!r}")
         if isinstance(value, (str, bool, int)) and not isinstance(value, float):
+            _check_int(key, value)
             must.append(models.FieldCondition(key=key, match=models.MatchValue(value=value)))
         elif isinstance(value, (list, tuple)):
             if not value or not (
@@ -60,13 +71,15 @@ def to_filter(filter: Any) -> Optional[models.Filter]:
                     f"filter[{key!r}]: a list means 'any of these values' and must be a non-empty "
                     f"list of all strings or all ints, got {value!r}"
                 )
+            for v in value:
+                _check_int(key, v)
             must.append(models.FieldCondition(key=key, match=models.MatchAny(any=list(value))))
         elif isinstance(value, Mapping):
             bad = sorted(set(value) - set(_RANGE_KEYS))
-            if bad or not value or not all(_is_number(v) for v in value.values()):
+            if bad or not value or not all(_is_number(v) and v == v for v in value.values()):
                 raise ValueError(
                     f"filter[{key!r}]: a dict means a range with keys among {_RANGE_KEYS} and "
-                    f"numeric bounds, got {dict(value)!r}"
+                    f"numeric bounds (not NaN), got {dict(value)!r}"
                 )
             must.append(models.FieldCondition(key=key, range=models.Range(**value)))
         else:
@@ -109,6 +122,8 @@ def to_edge_filter(flt: Optional[models.Filter]) -> Any:
                     f"filter: the embedded store cannot match boolean values (key {c.key!r}); "
                     f"store the flag as a string or an int, or use local mode / a server"
                 )
+            for v in vals if isinstance(vals, list) else [vals]:
+                _check_int(c.key, v)
             if m is not None:
                 if isinstance(m, models.MatchValue):
                     kw["match"] = qe.MatchValue(m.value)
@@ -124,6 +139,8 @@ def to_edge_filter(flt: Optional[models.Filter]) -> Any:
             if r is not None:
                 if not isinstance(r, models.Range):
                     raise ValueError(f"filter: range type {type(r).__name__} on {c.key!r} is not supported")
+                if any(b is not None and b != b for b in (r.gte, r.gt, r.lte, r.lt)):
+                    raise ValueError(f"filter: range on {c.key!r} has a NaN bound, which matches nothing")
                 kw["range"] = qe.RangeFloat(gte=r.gte, gt=r.gt, lte=r.lte, lt=r.lt)
             if c.is_empty is not None:
                 kw["is_empty"] = c.is_empty

@@ -132,7 +132,8 @@ class ArraySource(BatchSource):
         present: Optional[Mapping[str, Any]] = None,
         fingerprint: Optional[Mapping[str, Any]] = None,
     ):
-        self.ids = check_ids(ids, allow_duplicates=True)
+        empty = isinstance(ids, (list, tuple, np.ndarray)) and len(ids) == 0  # an empty corpus is fine
+        self.ids = [] if empty else check_ids(ids, allow_duplicates=True)
         if not isinstance(vectors, Mapping):
             raise ValueError(f"vectors: expected a mapping of field name to [N, D] array, got {type(vectors).__name__}")
         self.vectors = dict(vectors)
@@ -143,6 +144,8 @@ class ArraySource(BatchSource):
                 raise ValueError(f"vectors[{f!r}]: expected a 2-D array [N, D], got shape {list(shape)}")
             if shape[0] != self.n:
                 raise ValueError(f"vectors[{f!r}]: expected {self.n} rows (one per id), got {shape[0]}")
+            if np.iscomplexobj(v):
+                raise ValueError(f"vectors[{f!r}]: expected real numbers, got a complex array")
         if payloads is not None and len(payloads) != self.n:
             raise ValueError(f"payloads: expected {self.n} entries (one per id), got {len(payloads)}")
         self.payloads = payloads
@@ -373,10 +376,17 @@ def ingest(
         raise ValueError(f"source: expected a BatchSource (with batches(batch_size, skip)), got {type(source).__name__}")
     if state_dir is not None and not isinstance(state_dir, (str, os.PathLike)):
         raise ValueError(f"state_dir: expected a directory path or None, got {state_dir!r}")
+    if state_dir is not None and os.path.exists(state_dir) and not os.path.isdir(state_dir):
+        raise ValueError(f"state_dir: {os.fspath(state_dir)!r} exists and is not a directory")
     t0 = time.perf_counter()
     n_total = source_length(source)
+    if not isinstance(getattr(source, "fingerprint", None), Mapping):
+        raise ValueError(
+            f"source.fingerprint: expected a dict identifying the source (paths, sizes, mtimes), got "
+            f"{getattr(source, 'fingerprint', None)!r}: markers of different sources must not mix"
+        )
     fp = {
-        "source": source.fingerprint,
+        "source": dict(source.fingerprint),
         "collection": index.collection,
         "schema": {k: v for k, v in index.schema.to_json().items() if k != "plugin_version"},
     }
@@ -427,7 +437,8 @@ def ingest(
 
     # Refuse repeated ids before writing anything where the source lists them.
     if on_duplicate == "error" and not complete:
-        listed = source.all_ids()
+        all_ids = getattr(source, "all_ids", None)
+        listed = all_ids() if callable(all_ids) else None
         if listed is not None:
             rep, count = repeated_ids(listed, limit=10)
             if count:
@@ -470,6 +481,11 @@ def ingest(
     b = done
     try:
         for batch in source.batches(batch_size, done):
+            if n_batches is not None and b >= n_batches:
+                raise RuntimeError(
+                    f"source: yielded a batch {b} beyond the {n_batches} batches its {n_total} documents "
+                    f"fill at batch_size {batch_size}; it was not written (its length is wrong)"
+                )
             _write_batch(index, batch, b, batch_size, prog, on_duplicate)
             written += 1
             b += 1

@@ -28,6 +28,8 @@ F32_MAX = float(np.finfo(np.float32).max)
 def _to_array(arg: str, value: Any) -> np.ndarray:
     if hasattr(value, "detach"):  # torch tensors, without importing torch
         value = value.detach().cpu().numpy()
+    if np.iscomplexobj(value):
+        raise ValueError(f"{arg}: expected real numbers, got a complex array (casting would drop the imaginary part)")
     try:
         arr = np.asarray(value, dtype=np.float32)
     except (TypeError, ValueError) as e:
@@ -310,6 +312,8 @@ def check_field_weights(
         raise ValueError(f"field_weights: unknown field(s) {unknown}; the index has fields {list(names)}")
     out = {}
     for f, w in field_weights.items():
+        if isinstance(w, (bool, np.bool_)):
+            raise ValueError(f"field_weights[{f!r}]: expected a number, got {w!r}")
         try:
             w = float(w)
         except (TypeError, ValueError):

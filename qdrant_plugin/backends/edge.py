@@ -292,7 +292,16 @@ class EdgeBackend(Backend):
             raise RuntimeError(f"{self.describe()} is closed")
         return self._shard
 
+    def _check_on_disk(self) -> None:
+        # The engine keeps writing into mapped files of a deleted directory without an error.
+        if not os.path.isdir(self.shard_path):
+            raise RuntimeError(
+                f"{self.describe()}: the shard directory {self.shard_path} is gone (removed while the "
+                f"collection was open); nothing was written"
+            )
+
     def upsert(self, point_ids, vectors, present, payloads) -> None:
+        self._check_on_disk()
         qe = _qe()
         names = list(vectors)
         rows = {n: vectors[n].tolist() for n in names}
@@ -349,6 +358,7 @@ class EdgeBackend(Backend):
         self.shard.update(qe.UpdateOperation.create_field_index(key, types[kind]))
 
     def optimize(self) -> None:
+        self._check_on_disk()
         self.check_space(self.optimize_bytes(), "optimize() (building the HNSW index copies the segments)")
         self.shard.optimize()
 

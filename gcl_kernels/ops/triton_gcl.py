@@ -831,7 +831,8 @@ def _check_inputs(inp: GCLInputs) -> None:
     lg = inp.lhs_groups
     if lg is not None and (lg.dim() != 1 or lg.numel() not in (b, b_r)):
         raise ValueError(f"lhs_groups: expected shape [B]=[{b}] or [B_R]=[{b_r}], got {tuple(lg.shape)}")
-    _backward_mode()  # a bad GCL_TRITON_BACKWARD fails here, not after the forward
+    if _backward_mode() in ("gemm", "gemm_cols"):  # a bad setting fails here, not after the forward
+        _gemm_backward_mod.check_env(x.device)
 
 
 def _flags(inp: GCLInputs) -> dict:
@@ -975,8 +976,6 @@ class _GCLTritonFunction(torch.autograd.Function):
         inp = GCLInputs(x, y, logit_scale, row_w, col_w, field_w, lg, rg)
         mode = _backward_mode()
         if mode in ("gemm", "gemm_cols"):
-            from .triton_gemm_backward import gemm_backward
-
             dx, dy, d_scale = gemm_backward(inp, stats, grad_out, need_x, need_y, need_s, mode)
             if d_scale is not None:
                 d_scale = d_scale.reshape(logit_scale.shape)
@@ -1017,3 +1016,9 @@ def triton_gcl_loss(inp: GCLInputs) -> torch.Tensor:
         inp.x, inp.y, inp.logit_scale, inp.row_weights, inp.col_weights, inp.field_weights,
         inp.lhs_groups, inp.rhs_groups,
     )
+
+
+# The GEMM backward uses the tile helpers above; imported last so that its module can import
+# them from this one (and is defined under the same TRITON_INTERPRET setting).
+from . import triton_gemm_backward as _gemm_backward_mod  # noqa: E402
+from .triton_gemm_backward import gemm_backward  # noqa: E402

@@ -45,8 +45,8 @@ import triton
 import triton.language as tl
 
 from .._validation import GCLInputs
-from .triton_gcl import (_INTERPRET, _LOG2E, _MASKED, _autotune_enabled, _ds_pow2,
-                         _masked_scores)
+from . import triton_gcl as _tg
+from .triton_gcl import _INTERPRET, _LOG2E, _autotune_enabled, _masked_scores
 
 try:  # host-side tensor descriptors (TMA on Hopper); Triton >= 3.4
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -267,6 +267,12 @@ def _tma_mode() -> str:
     return value
 
 
+def check_env(device) -> None:
+    """Fail on a bad GCL_TRITON_TMA or GCL_TRITON_DS_MB before the forward, not after it."""
+    _tma_mode()
+    _block_budget(device)
+
+
 def _use_tma(d: int, esize: int) -> bool:
     """Tensor descriptors need 16-byte aligned rows (D * esize % 16 == 0); Hopper or newer."""
     mode = _tma_mode()
@@ -364,12 +370,10 @@ def ds_launch_args(inp: GCLInputs, stats, pow2, buf, dsdot, row0: int, rows: int
                    cols: int, rows_pad: int, cols_pad: int, use_tma: bool, tiles=None):
     """(positional args, constexpr kwargs) of one `_gcl_ds_kernel` launch; the build report
     (benchmarks/build_sm90.py) specialises the same list."""
-    from .triton_gcl import _flags
-
     x, y = inp.x, inp.y
     f_l, f_r, b, b_r, d = inp.shape
     p = f_l * f_r
-    fl = _flags(inp)
+    fl = _tg._flags(inp)
     rbias, cbias, dcoef = stats
     dev = x.device
     scale = inp.logit_scale.detach().reshape(1).to(torch.float32).contiguous()
@@ -429,7 +433,7 @@ def gemm_backward(inp: GCLInputs, stats, gout: torch.Tensor, need_dx: bool, need
     n_cols = b_r if has_row else b  # without a row term dS is zero on every column j >= B
     s = inp.logit_scale.detach().to(torch.float32).reshape(())
     g = gout.detach().to(torch.float32).reshape(())
-    pow2 = _ds_pow2(dcoef).reshape(1)
+    pow2 = _tg._ds_pow2(dcoef).reshape(1)
     unscale = (s * g / pow2).reshape(())  # gradient = (stored dS products) * s g / 2^k
     use_tma = _use_tma(d, esize)
     dsdot = torch.zeros(_num_programs(dev), dtype=torch.float32, device=dev)

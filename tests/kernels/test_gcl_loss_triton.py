@@ -2,8 +2,12 @@
 
 Without CUDA the kernels run under the Triton interpreter (TRITON_INTERPRET=1) on the CPU,
 in float32, at tiny shapes, and are compared with the reference in float64 (relative error
-under 1e-4). With CUDA the same tests run the compiled kernels, and the GPU-marked tests
-add bf16 / fp16 / fp32 at large sizes, every autotune config, and a memory bound.
+under 1e-4); bf16 / fp16 inputs round dS exactly as the GPU does. Every backward is covered:
+"gemm" (the default) and "gemm_cols" (triton_gemm_backward.py), and the v1 kernels "split"
+and "fused". With CUDA the same tests run the compiled kernels, and the GPU-marked tests add
+bf16 / fp16 / fp32 at large sizes with tolerances from an error model (emulated on the CPU
+here, `test_error_model_fits_gpu_tolerances`), ragged K, every autotune config, a memory
+bound and determinism.
 """
 from __future__ import annotations
 
@@ -54,7 +58,12 @@ else:
 
 from gcl_kernels import gcl_loss  # noqa: E402
 from gcl_kernels._validation import GCLInputs, canonicalize  # noqa: E402
+from gcl_kernels.ops import reference as reference_mod  # noqa: E402
 from gcl_kernels.ops.reference import reference_gcl_loss  # noqa: E402
+
+gb = sys.modules.get("gcl_kernels.ops.triton_gemm_backward")  # imported by triton_gcl
+
+MODES = ("gemm", "gemm_cols", "split", "fused")
 
 # The interpreter evaluates masked lanes too (0 * inf, log2(0)) and numpy warns about them;
 # Triton >= 3.7 calls block pointers deprecated (the kernel module says why it keeps them).
@@ -111,19 +120,24 @@ def _make_case(b, b_r, d, f_l=1, f_r=1, groups=None, scale=10.0, seed=0, zero_we
     return dict(x=x, y=y, w=w, fw=fw, lg=lg, rg=rg, scale=scale)
 
 
-def _run(case, fn, dtype, device, direction="both", normalize="batch", grads=(True, True, True)):
+def _run(case, fn, dtype, device, direction="both", normalize="batch", grads=(True, True, True),
+         gout=1.0):
     # fresh leaves: .to() may return the case's own tensor, whose .grad would accumulate
     x = case["x"].detach().to(device=device, dtype=dtype).clone().requires_grad_(grads[0])
     y = case["y"].detach().to(device=device, dtype=dtype).clone().requires_grad_(grads[1])
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     s = torch.tensor(case["scale"], dtype=acc, device=device, requires_grad=grads[2])
     mv = lambda t: None if t is None else t.to(device)  # noqa: E731
+    lg = mv(case["lg"])
+    long_lg = lg is not None and lg.numel() != x.shape[-2]
     inp = canonicalize(x, y, s, weights=case["w"].to(device=device, dtype=acc),
                        field_weights=case["fw"].to(device=device, dtype=acc),
-                       lhs_groups=mv(case["lg"]), rhs_groups=mv(case["rg"]),
+                       lhs_groups=None if long_lg else lg, rhs_groups=mv(case["rg"]),
                        direction=direction, normalize=normalize)
+    if long_lg:  # [B_R] lhs groups, set past canonicalize (which may predate them)
+        inp.lhs_groups = lg.to(torch.int64).contiguous()
     loss = fn(inp)
-    loss.backward()
+    loss.backward(torch.tensor(gout, dtype=loss.dtype, device=loss.device))
     out = [loss.detach()] + [t.grad if t.requires_grad else None for t in (x, y, s)]
     return [None if t is None else t.detach().double().cpu() for t in out]
 
@@ -137,6 +151,10 @@ def _rel(a, b):
 
 def _check(case, tol=1e-4, **kw):
     ref = _run(case, reference_gcl_loss, torch.float64, "cpu", **kw)
+    return _check_against(ref, case, tol, **kw)
+
+
+def _check_against(ref, case, tol=1e-4, **kw):
     got = _run(case, tg.triton_gcl_loss, torch.float32, DEVICE, **kw)
     for name, a, b in zip(("loss", "d lhs", "d rhs", "d logit_scale"), got, ref):
         assert (a is None) == (b is None), name
@@ -156,10 +174,13 @@ def test_fields_and_groups(fields, groups):
     _check(_make_case(19, 27, 40, *fields, groups=groups, seed=fields[0] * 10 + fields[1]))
 
 
-@pytest.mark.parametrize("normalize", ["batch", "weights"])
-@pytest.mark.parametrize("direction", ["both", "lhs_to_rhs", "rhs_to_lhs"])
-def test_directions_and_normalizations(direction, normalize):
+@pytest.mark.parametrize("direction, normalize, mode", [
+    *[(d, n, "gemm") for d in ("both", "lhs_to_rhs", "rhs_to_lhs") for n in ("batch", "weights")],
+    *[(d, "weights", m) for d in ("both", "lhs_to_rhs", "rhs_to_lhs") for m in ("gemm_cols", "split")],
+])
+def test_directions_and_normalizations(monkeypatch, direction, normalize, mode):
     # F_R = 2 with B_R > B: rhs_to_lhs sweeps only the columns j < B of each rhs field
+    monkeypatch.setenv("GCL_TRITON_BACKWARD", mode)
     _check(_make_case(21, 35, 20, 1, 2, groups="both", seed=3), direction=direction,
            normalize=normalize)
 
@@ -226,18 +247,132 @@ def test_partial_gradients_and_determinism():
         assert torch.equal(a, b)
 
 
-# --- the opt-in fused backward (GCL_TRITON_BACKWARD=fused): same oracle, same tolerance ---
+# --- the v1 backward kernels (GCL_TRITON_BACKWARD=split / fused): same oracle, same tolerance ---
+@pytest.mark.parametrize("mode", ["split", "fused"])
 @pytest.mark.parametrize("fields, groups, direction, normalize", [
     ((1, 1), None, "both", "batch"),
     ((2, 3), "both", "both", "batch"),
     ((3, 2), "lhs", "lhs_to_rhs", "weights"),
     ((1, 2), "rhs", "rhs_to_lhs", "batch"),
 ])
-def test_fused_backward(monkeypatch, fields, groups, direction, normalize):
-    monkeypatch.setenv("GCL_TRITON_BACKWARD", "fused")
+def test_v1_backward(monkeypatch, mode, fields, groups, direction, normalize):
+    monkeypatch.setenv("GCL_TRITON_BACKWARD", mode)
     # B and B_R ragged against the tiles, B_R > B, D spanning three ragged D_OUT chunks
     case = _make_case(29, 37, 40, *fields, groups=groups, seed=21)
     _check(case, direction=direction, normalize=normalize)
+
+
+# --- the GEMM backward: several row / column blocks, both tile-load paths, both epilogues ---
+@pytest.mark.parametrize("mode, tma, split_n", [
+    ("gemm", "1", 2), ("gemm", "0", 1), ("gemm_cols", "1", 1), ("gemm_cols", "0", 2),
+])
+def test_gemm_backward_blocks(monkeypatch, mode, tma, split_n):
+    monkeypatch.setenv("GCL_TRITON_BACKWARD", mode)
+    monkeypatch.setenv("GCL_TRITON_TMA", tma)
+    monkeypatch.setitem(gb._INTERPRET_TILES, "SPLIT_N", split_n)
+    # a budget of 32 rows (columns) of dS per block: B = 45 rows in 2 ragged blocks, the
+    # B_R = 53 columns of gemm_cols in 2 as well; D = 48 is a ragged K (BK = 32) with D % 16 == 0
+    f_l, f_r, b, b_r, d = 2, 3, 45, 53, 48
+    monkeypatch.setattr(gb, "_DS_BLOCK_BYTES", 32 * f_l * f_r * 64 * 4)
+    assert gb.block_length(b, b_r, f_l * f_r, 4, torch.device(DEVICE)) == 32
+    _check(_make_case(b, b_r, d, f_l, f_r, groups="both", seed=31))
+
+
+@pytest.mark.parametrize("mode", ["gemm", "split"])
+@pytest.mark.parametrize("d", [48, 40, 5])
+def test_ragged_k(monkeypatch, mode, d):
+    # 48: ragged last K chunk with D % 16 == 0; 40: D % 16 != 0; 5: rows not 16-byte aligned,
+    # so the GEMM backward takes block pointers instead of tensor descriptors
+    monkeypatch.setenv("GCL_TRITON_BACKWARD", mode)
+    _check(_make_case(18, 23, d, 1, 2, groups="rhs", seed=d))
+
+
+def _group_mask_long_lg(lhs_groups, rhs_groups, b, b_r, device):
+    """reference.group_mask with lhs_groups of length B or B_R: the comparison covers every
+    column j < len(lhs_groups) (`m[:, :len(lg)] |= lg[:b, None] == lg[None, :]`)."""
+    if lhs_groups is None and rhs_groups is None:
+        return None
+    m = torch.zeros(b, b_r, dtype=torch.bool, device=device)
+    if lhs_groups is not None:
+        m[:, :lhs_groups.numel()] |= lhs_groups[:b, None] == lhs_groups[None, :]
+    if rhs_groups is not None:
+        m |= rhs_groups[:b, None] == rhs_groups[None, :]
+    m[torch.arange(b), torch.arange(b)] = False
+    return m
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("rhs, direction", [(False, "both"), (True, "lhs_to_rhs")])
+def test_lhs_groups_over_all_columns(monkeypatch, mode, rhs, direction):
+    # lhs_groups of length B_R: the extra columns (gathered from other ranks) carry query ids
+    monkeypatch.setenv("GCL_TRITON_BACKWARD", mode)
+    monkeypatch.setattr(reference_mod, "group_mask", _group_mask_long_lg)
+    case = _make_case(19, 30, 24, 1, 2, groups="rhs" if rhs else None, seed=41)
+    case["lg"] = torch.randint(0, 6, (30,), generator=torch.Generator().manual_seed(41))
+    ref = _run(case, reference_gcl_loss, torch.float64, "cpu", direction=direction)
+    # the long ids must matter: the same case with only the first B ids gives another loss
+    short = dict(case, lg=case["lg"][:19])
+    assert abs(float(_run(short, reference_gcl_loss, torch.float64, "cpu", direction=direction)[0])
+               - float(ref[0])) > 1e-3 * abs(float(ref[0]))
+    _check_against(ref, case, direction=direction)
+
+
+@pytest.mark.parametrize("mode", ["gemm", "split"])
+def test_fp16_ds_scaling(monkeypatch, mode):
+    # Weights of 1e-5 put dS near 1e-8, where B ~ 30k puts it with weights of 1: below float16's
+    # subnormals. An upstream gradient of 1e5 (a mixed-precision loss scale) keeps the gradients
+    # themselves at their usual size. The kernels round dS to fp16 as on the GPU (the interpreter
+    # too), so without the power-of-two scaling nearly all of it flushes to zero.
+    monkeypatch.setenv("GCL_TRITON_BACKWARD", mode)
+    case = _make_case(19, 22, 24, 1, 2, groups="lhs", seed=11)
+    case["w"] = case["w"] * 1e-5
+    case["x"] = case["x"].half().float()
+    case["y"] = case["y"].half().float()
+    ref = _run(case, reference_gcl_loss, torch.float64, "cpu", gout=1e5)
+    got = _run(case, tg.triton_gcl_loss, torch.float16, DEVICE, gout=1e5)
+    errs = [_rel(a, b) for a, b in zip(got[1:3], ref[1:3])]
+    assert max(errs) < GPU_TOLS[torch.float16]["grad"], errs
+    # the mutation: no scaling (2^k = 1) must fail this check
+    monkeypatch.setattr(tg, "_ds_pow2", lambda dcoef: torch.ones((), device=dcoef.device))
+    bad = _run(case, tg.triton_gcl_loss, torch.float16, DEVICE, gout=1e5)
+    bad_errs = [_rel(a, b) for a, b in zip(bad[1:3], ref[1:3])]
+    assert min(bad_errs) > 10 * GPU_TOLS[torch.float16]["grad"], bad_errs
+
+
+@pytest.mark.parametrize("mode", ["gemm", "gemm_cols"])
+def test_gemm_partial_gradients_and_determinism(monkeypatch, mode):
+    monkeypatch.setenv("GCL_TRITON_BACKWARD", mode)
+    monkeypatch.setattr(gb, "_DS_BLOCK_BYTES", 16 * 4 * 30 * 4)  # 2 row blocks
+    case = _make_case(23, 30, 24, 2, 2, groups="rhs", seed=9)
+    ref = _run(case, reference_gcl_loss, torch.float64, "cpu")
+    full = _run(case, tg.triton_gcl_loss, torch.float32, DEVICE)
+    for grads in ((True, False, False), (False, True, False), (False, False, True)):
+        part = _run(case, tg.triton_gcl_loss, torch.float32, DEVICE, grads=grads)
+        for k, want in enumerate(grads):
+            assert (part[k + 1] is None) == (not want)
+            if want:  # the same arithmetic as with every gradient: equal bit for bit
+                assert torch.equal(part[k + 1], full[k + 1])
+                assert _rel(part[k + 1], ref[k + 1]) < 1e-4
+    again = _run(case, tg.triton_gcl_loss, torch.float32, DEVICE)
+    for a, b in zip(full, again):
+        assert torch.equal(a, b)
+
+
+def test_block_length_and_knobs(monkeypatch):
+    cpu = torch.device("cpu")
+    align = gb._INTERPRET_TILES["BM"] if gb._INTERPRET else gb._GPU_ALIGN
+    monkeypatch.setenv("GCL_TRITON_DS_MB", "1")
+    rows = gb.block_length(100000, 1000, 1, 2, cpu)
+    assert rows % align == 0 and rows * 1008 * 2 <= 2 ** 20 < (rows + align) * 1008 * 2
+    assert gb.block_length(5, 1000, 1, 2, cpu) == align  # never more than B (rounded up)
+    assert gb.block_length(10 ** 7, 10 ** 7, 16, 4, cpu) == align  # never less than one unit
+    monkeypatch.setenv("GCL_TRITON_DS_MB", "lots")
+    with pytest.raises(ValueError, match="GCL_TRITON_DS_MB"):
+        gb.block_length(10, 10, 1, 2, cpu)
+    monkeypatch.setenv("GCL_TRITON_DS_MB", "128")
+    monkeypatch.setenv("GCL_TRITON_TMA", "yes")
+    with pytest.raises(ValueError, match="GCL_TRITON_TMA"):
+        tg.triton_gcl_loss(_inputs())
 
 
 def test_fused_backward_partial_gradients(monkeypatch):
@@ -279,7 +414,7 @@ def test_public_entry_point():
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="the interpreter's half-precision path only")
-@pytest.mark.parametrize("backward", ["split", "fused"])
+@pytest.mark.parametrize("backward", MODES)
 @pytest.mark.parametrize("dtype, tol", [(torch.bfloat16, 1e-2), (torch.float16, 2e-3)])
 def test_half_inputs_interpreted(monkeypatch, dtype, tol, backward):
     monkeypatch.setenv("GCL_TRITON_BACKWARD", backward)
@@ -319,14 +454,20 @@ def test_kernels_build_for_sm90():
         import triton.backends.nvidia  # noqa: F401
     except Exception:
         pytest.skip("Triton's NVIDIA backend is not installed")
-    # every kernel, first config, bf16, multi-field with both group masks; dx in fp32 too
+    # every kernel, first config, bf16, multi-field with both group masks, specialised as a
+    # launch at B = B_R = 32768, D = 768 is; the dS kernel in fp16 and the v1 dx in fp32 too
     res = _build_sm90("--dtype", "bf16", "--fields", "2x3", "--groups", "yes")
+    res.update(_build_sm90("--dtype", "fp16", "--fields", "1x1", "--kernels", "ds"))
     res.update(_build_sm90("--dtype", "fp32", "--fields", "1x1", "--kernels", "dx"))
-    assert set(res) == {"fwd bf16", "merge bf16", "dx bf16", "dy bf16", "fused bf16", "dx fp32"}
-    # the tile products of the hot kernels run on Hopper's warpgroup tensor cores
-    for name in ("fwd bf16", "dx bf16", "dy bf16", "fused bf16"):
+    assert set(res) == {"fwd bf16", "merge bf16", "ds bf16", "ds_ptr bf16", "dx bf16", "dy bf16",
+                        "fused bf16", "ds fp16", "dx fp32"}
+    # the tile products of the hot kernels run on Hopper's warpgroup tensor cores, and their
+    # K loops are pipelined: TMA loads for the dS kernel, cp.async for the block-pointer ones
+    for name in ("fwd bf16", "ds bf16", "ds_ptr bf16", "dx bf16", "dy bf16", "fused bf16", "ds fp16"):
         assert res[name]["hgmma"] > 0, (name, res[name])
-    print({k: (v["regs"], v["spill_bytes"], v["hgmma"]) for k, v in res.items()})
+        assert res[name]["utmaldg"] + res[name]["ldgsts"] > 0, (name, res[name])
+    assert res["ds bf16"]["utmaldg"] > 0 and res["ds bf16"]["utmastg"] > 0, res["ds bf16"]
+    print({k: (v["regs"], v["spill_bytes"], v["hgmma"], v["shared_bytes"]) for k, v in res.items()})
 
 
 # --------------------------------------------------------------------------------------
@@ -378,17 +519,58 @@ def test_rejects_bad_fp32_precision(monkeypatch):
 
 
 # --------------------------------------------------------------------------------------
-# GPU: large sizes, half precision, every config, memory
+# Tolerances of the GPU tests, from an error model
 # --------------------------------------------------------------------------------------
-# Tolerances against the float64 reference on the same (rounded) inputs. bf16 / fp16 round
-# dS and the gradients to 8 / 11 mantissa bits; fp32 uses input_precision="ieee".
+# Against the float64 reference on the same (rounded) inputs. Scores accumulate in float32 (the
+# loss is good to ~1e-6); the gradients carry two roundings to the input dtype: dS (times 2^k)
+# before the gradient products and the gradient itself. Emulated below at B = 1500 (the same
+# arithmetic in torch): bf16 2.4e-3, fp16 3.0e-4 (without the 2^k scaling fp16 is 1.7e-3 here,
+# 5.2e-3 at B = 3000 with 55% of dS flushed to zero, 1.5e-2 at B = 8192 with 95%). The
+# tolerances are about twice the model (bf16) and three times (fp16); float32 uses exact
+# products (GCL_TRITON_FP32_PRECISION=ieee) and float32 cuBLAS.
 GPU_TOLS = {
     torch.float32: dict(loss=1e-5, grad=1e-4),
-    torch.float16: dict(loss=1e-4, grad=5e-3),
-    torch.bfloat16: dict(loss=1e-4, grad=3e-2),
+    torch.float16: dict(loss=1e-4, grad=1e-3),
+    torch.bfloat16: dict(loss=1e-4, grad=5e-3),
 }
 
 
+def _emulated_grad_errors(dtype, b=1500, b_r=1750, d=256, scale=30.0, seed=0):
+    """Relative errors of dx (with, without the 2^k scaling) when dS and the gradient are
+    rounded to `dtype` as the GPU path rounds them, against float64 on the same inputs."""
+    import math
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.nn.functional.normalize(torch.randn(b, d, generator=g), dim=-1).to(dtype)
+    y = torch.nn.functional.normalize(torch.randn(b_r, d, generator=g), dim=-1).to(dtype)
+    rw = 0.5 * (torch.rand(b, generator=g, dtype=torch.float64) + 0.05) / b
+    out = []
+    for acc in (torch.float64, torch.float32):
+        s_ = scale * (x.to(acc) @ y.to(acc).T)
+        ds = rw.to(acc)[:, None] * torch.softmax(s_, dim=1)
+        ds[:, :b] += rw.to(acc)[None, :] * torch.softmax(s_[:, :b], dim=0)
+        ds[torch.arange(b), torch.arange(b)] -= 2 * rw.to(acc)
+        out.append(ds)
+    ref = scale * out[0] @ y.double()
+    errs = []
+    for pow2 in (2.0 ** math.floor(math.log2(2 ** 14 / (4 * float(rw.max())))), 1.0):
+        dq = (out[1] * pow2).to(dtype).float()
+        dx = (scale / pow2 * (dq @ y.float())).to(dtype).double()
+        errs.append(float((dx - ref).norm() / ref.norm()))
+    return errs
+
+
+def test_error_model_fits_gpu_tolerances():
+    for dtype in (torch.bfloat16, torch.float16):
+        scaled, unscaled = _emulated_grad_errors(dtype)
+        assert scaled < 0.6 * GPU_TOLS[dtype]["grad"], (dtype, scaled)
+        if dtype == torch.float16:  # the scaling is what makes fp16 pass
+            assert unscaled > GPU_TOLS[dtype]["grad"], unscaled
+
+
+# --------------------------------------------------------------------------------------
+# GPU: large sizes, half precision, ragged K, every config, memory, determinism
+# --------------------------------------------------------------------------------------
 def _gpu_check(case, dtype, **kw):
     case = dict(case)
     case["x"] = case["x"].to(dtype).float()
@@ -396,74 +578,109 @@ def _gpu_check(case, dtype, **kw):
     ref = _run(case, reference_gcl_loss, torch.float64, "cuda", **kw)
     got = _run(case, tg.triton_gcl_loss, dtype, "cuda", **kw)
     tol = GPU_TOLS[dtype]
-    assert _rel(got[0], ref[0]) < tol["loss"], ("loss", _rel(got[0], ref[0]))
-    for name, a, b in zip(("d lhs", "d rhs", "d logit_scale"), got[1:], ref[1:]):
-        assert _rel(a, b) < tol["grad"], (name, _rel(a, b))
+    errs = {"loss": _rel(got[0], ref[0])}
+    errs.update({name: _rel(a, b) for name, a, b in zip(("d lhs", "d rhs", "d logit_scale"), got[1:], ref[1:])})
+    print(f"{dtype} {os.environ.get('GCL_TRITON_BACKWARD', 'gemm')}: " +
+          ", ".join(f"{k} {v:.2e}" for k, v in errs.items()))
+    assert errs["loss"] < tol["loss"], errs
+    for name in ("d lhs", "d rhs", "d logit_scale"):
+        assert errs[name] < tol["grad"], (name, errs)
+    return got
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("mode", ["gemm", "split"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("fields, groups", [((1, 1), None), ((2, 2), "both")])
-def test_gpu_large(dtype, fields, groups):
+def test_gpu_large(monkeypatch, mode, dtype, fields, groups):
+    monkeypatch.setenv("GCL_TRITON_BACKWARD", mode)
     case = _make_case(3000, 3500, 768, *fields, groups=groups, scale=30.0, seed=12)
     _gpu_check(case, dtype)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_gpu_fused_backward_large(monkeypatch, dtype):
-    monkeypatch.setenv("GCL_TRITON_BACKWARD", "fused")
+@pytest.mark.parametrize("mode, dtype", [("fused", torch.bfloat16), ("fused", torch.float32),
+                                         ("gemm_cols", torch.bfloat16), ("gemm_cols", torch.float16)])
+def test_gpu_other_backwards_large(monkeypatch, mode, dtype):
+    monkeypatch.setenv("GCL_TRITON_BACKWARD", mode)
     case = _make_case(3000, 3500, 768, 2, 2, groups="both", scale=30.0, seed=15)
     _gpu_check(case, dtype)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("mode", ["gemm", "gemm_cols"])
 @pytest.mark.parametrize("direction", ["lhs_to_rhs", "rhs_to_lhs"])
-def test_gpu_directions_large_d(direction):
+def test_gpu_directions_large_d(monkeypatch, mode, direction):
+    monkeypatch.setenv("GCL_TRITON_BACKWARD", mode)
     case = _make_case(1100, 1333, 2048, 1, 3, groups="rhs", scale=50.0, seed=13)
     _gpu_check(case, torch.bfloat16, direction=direction, normalize="weights")
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("mode, d, tma", [
+    ("gemm", 784, "auto"),   # a ragged last K chunk (784 % 64 = 16) with D % 16 == 0
+    ("gemm", 200, "auto"),   # D % 16 != 0, rows still 16-byte aligned: tensor descriptors
+    ("gemm", 784, "0"),      # block pointers at the same shape
+    ("gemm", 100, "auto"),   # rows not 16-byte aligned (bf16): block pointers
+    ("split", 784, "auto"),
+    ("split", 200, "auto"),
+])
+def test_gpu_ragged_k(monkeypatch, mode, d, tma):
+    monkeypatch.setenv("GCL_TRITON_BACKWARD", mode)
+    monkeypatch.setenv("GCL_TRITON_TMA", tma)
+    case = _make_case(2500, 2700, d, 1, 1, groups="lhs", scale=30.0, seed=d)
+    _gpu_check(case, torch.bfloat16)
+
+
+def _gpu_config_params():
+    # (kernel, config index): each autotune config of each kernel, as its own test, so that
+    # pytest workers compile them in parallel
+    import gcl_kernels.ops.triton_gcl as m
+
+    sizes = {"fwd": len(m._FWD_CONFIGS), "ds": len(m._gemm_backward_mod._DS_CONFIGS),
+             "dx": len(m._DX_CONFIGS), "dy": len(m._DY_CONFIGS), "fused": len(m._FUSED_CONFIGS)}
+    return [(k, i) for k, n in sizes.items() for i in range(n)]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 @pytest.mark.parametrize("fields", [(1, 1), (2, 3)])
-def test_every_gpu_config(monkeypatch, fields):
+@pytest.mark.parametrize("kernel, index", _gpu_config_params() if HAS_CUDA else [("fwd", 0)])
+def test_every_gpu_config(monkeypatch, kernel, index, fields):
     # autotune may pick any config on some GPU: each one must be right, not only the default.
     # With GCL_TRITON_AUTOTUNE=0 (the fixture) each kernel runs the first config of its list,
-    # so a one-config list forces that config.
-    # bf16: the tensor-core path that autotuning is for
+    # so a one-config list forces that config. bf16: the tensor-core path autotuning is for.
+    tuned = {"fwd": (tg._fwd_stats_tuned, tg._FWD_CONFIGS, "gemm"),
+             "ds": (gb._ds_tuned, gb._DS_CONFIGS, "gemm"),
+             "dx": (tg._bwd_dx_tuned, tg._DX_CONFIGS, "split"),
+             "dy": (tg._bwd_dy_tuned, tg._DY_CONFIGS, "split"),
+             "fused": (tg._bwd_fused_tuned, tg._FUSED_CONFIGS, "fused")}
+    kern, configs, mode = tuned[kernel]
+    monkeypatch.setenv("GCL_TRITON_BACKWARD", mode)
     case = _make_case(700, 901, 200, *fields, groups="both", seed=14)
-    case["x"] = case["x"].to(torch.bfloat16).float()
-    case["y"] = case["y"].to(torch.bfloat16).float()
-    ref = _run(case, reference_gcl_loss, torch.float64, "cuda")
-    tol = GPU_TOLS[torch.bfloat16]
-    tuned = (tg._fwd_stats_tuned, tg._bwd_dx_tuned, tg._bwd_dy_tuned, tg._bwd_fused_tuned)
-    lists = (tg._FWD_CONFIGS, tg._DX_CONFIGS, tg._DY_CONFIGS, tg._FUSED_CONFIGS)
     try:
-        for kernel, configs in zip(tuned, lists):
-            monkeypatch.setenv("GCL_TRITON_BACKWARD",
-                               "fused" if kernel is tg._bwd_fused_tuned else "split")
-            for cfg in configs:
-                for other in tuned:
-                    other.cache.clear()
-                monkeypatch.setattr(kernel, "configs", [cfg])
-                got = _run(case, tg.triton_gcl_loss, torch.bfloat16, "cuda")
-                assert _rel(got[0], ref[0]) < tol["loss"], ("loss", cfg, _rel(got[0], ref[0]))
-                for name, a, b in zip(("d lhs", "d rhs", "d s"), got[1:], ref[1:]):
-                    assert _rel(a, b) < tol["grad"], (name, cfg, _rel(a, b))
-            monkeypatch.setattr(kernel, "configs", configs)
+        for other, _, _ in tuned.values():
+            other.cache.clear()
+        monkeypatch.setattr(kern, "configs", [configs[index]])
+        _gpu_check(case, torch.bfloat16)
     finally:
-        for other in tuned:
+        for other, _, _ in tuned.values():
             other.cache.clear()
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
-def test_gpu_memory_is_linear():
-    b, d = 16384, 512
+@pytest.mark.parametrize("mode", ["gemm", "gemm_cols"])
+def test_gpu_memory(mode, monkeypatch):
+    # GCL_SPEC: O((B + B_R) D) beyond inputs and gradients, plus one block of dS. At the
+    # issue's size, B = 65536, D = 768, bf16: the naive loss holds at least three bf16 B x B
+    # matrices (24 GiB); the bench's summary compares with the naive loss as measured.
+    monkeypatch.setenv("GCL_TRITON_BACKWARD", mode)
+    b, d = 65536, 768
     x = torch.randn(b, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     y = torch.randn(b, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     gcl_loss(x[:256], y[:256], 20.0, impl="triton").backward()  # compile outside the window
@@ -471,10 +688,32 @@ def test_gpu_memory_is_linear():
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
+    block = gb.block_length(b, b, 1, 2, x.device) * b * 2  # one block of dS, bf16
     loss = gcl_loss(x, y, 20.0, impl="triton")
     loss.backward()
     torch.cuda.synchronize()
     grads = x.grad.numel() * x.grad.element_size() * 2
     extra = torch.cuda.max_memory_allocated() - base - grads
-    naive = b * b * 4  # one float32 B x B matrix, the least the naive loss holds
-    assert extra < 0.01 * naive, f"extra {extra / 2**20:.1f} MiB vs naive {naive / 2**20:.0f} MiB"
+    dy_acc = 4 * b * d if mode == "gemm" else 0
+    bound = dy_acc + block + 2 * 4 * b * d // 8 + 32 * 2 ** 20  # + fp32 blocks for dx / dy, stats
+    print(f"{mode}: extra beyond inputs and gradients {extra / 2**20:.0f} MiB (bound {bound / 2**20:.0f}); "
+          f"with gradients {(extra + grads) / 2**20:.0f} MiB = "
+          f"{(extra + grads) / (3 * 2 * b * b):.2%} of 3 bf16 B x B matrices")
+    assert extra < bound
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("mode", ["gemm", "gemm_cols", "split"])
+def test_gpu_determinism(monkeypatch, mode):
+    # no atomics in these modes and cuBLAS is deterministic for a given shape: two runs with
+    # the same configs agree bit for bit (GCL_TRITON_AUTOTUNE=0 pins the configs across
+    # processes; with autotuning the pick is cached per process)
+    monkeypatch.setenv("GCL_TRITON_BACKWARD", mode)
+    case = _make_case(4099, 4500, 768, 2, 1, groups="both", scale=30.0, seed=16)
+    case["x"] = case["x"].bfloat16().float()
+    case["y"] = case["y"].bfloat16().float()
+    a = _run(case, tg.triton_gcl_loss, torch.bfloat16, "cuda")
+    b = _run(case, tg.triton_gcl_loss, torch.bfloat16, "cuda")
+    for u, v in zip(a, b):
+        assert torch.equal(u, v)

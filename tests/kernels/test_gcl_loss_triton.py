@@ -358,6 +358,25 @@ def test_gemm_partial_gradients_and_determinism(monkeypatch, mode):
         assert torch.equal(a, b)
 
 
+def test_gemm_autotune_glue(monkeypatch):
+    # what only a compiled run exercises: the pre-hook that gives the tensor descriptors each
+    # config's block shapes, and the pruning (BK clamped to D, autotune off = first config)
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    t = torch.empty(64, 64, dtype=torch.bfloat16)
+    nargs = {k: TensorDescriptor(t, [64, 64], [64, 1], [16, 16]) for k in ("x_in", "y_in", "ds_out")}
+    nargs.update(BM=128, BN=256, BK=64, SPLIT_N=2)
+    gb._set_block_shapes(nargs)
+    assert (nargs["x_in"].block_shape, nargs["y_in"].block_shape, nargs["ds_out"].block_shape) == (
+        [128, 64], [256, 64], [128, 128])
+    monkeypatch.setenv("GCL_TRITON_AUTOTUNE", "1")
+    cfgs = gb._prune(gb._DS_CONFIGS, {"D": 20})
+    assert len(cfgs) == len(gb._DS_CONFIGS) and all(c.kwargs["BK"] == 32 for c in cfgs)
+    assert all(c.pre_hook is gb._set_block_shapes and "SPLIT_N" in c.kwargs for c in cfgs)
+    monkeypatch.setenv("GCL_TRITON_AUTOTUNE", "0")
+    assert len(gb._prune(gb._DS_CONFIGS, {"D": 768})) == 1
+
+
 def test_block_length_and_knobs(monkeypatch):
     cpu = torch.device("cpu")
     align = gb._INTERPRET_TILES["BM"] if gb._INTERPRET else gb._GPU_ALIGN
@@ -637,20 +656,27 @@ def test_gpu_ragged_k(monkeypatch, mode, d, tma):
 
 
 def _gpu_config_params():
-    # (kernel, config index): each autotune config of each kernel, as its own test, so that
-    # pytest workers compile them in parallel
+    # (kernel, config index, layout): each autotune config of each kernel as its own test, so
+    # that pytest workers compile them in parallel; the v1 kernels at the 1x1 layout only
     import gcl_kernels.ops.triton_gcl as m
 
     sizes = {"fwd": len(m._FWD_CONFIGS), "ds": len(m._gemm_backward_mod._DS_CONFIGS),
              "dx": len(m._DX_CONFIGS), "dy": len(m._DY_CONFIGS), "fused": len(m._FUSED_CONFIGS)}
-    return [(k, i) for k, n in sizes.items() for i in range(n)]
+    return [(k, i, lay) for k, n in sizes.items() for i in range(n)
+            for lay in (("1x1", "2x3") if k in ("fwd", "ds") else ("1x1",))]
+
+
+# 1x1: the headline benchmark's specialisation (bf16, D = 768, B and B_R multiples of 16, no
+# groups), so these builds are the ones its autotuner then finds in Triton's cache;
+# 2x3: ragged everything, both group masks
+_CONFIG_CASES = {"1x1": dict(b=704, b_r=912, d=768, f_l=1, f_r=1, groups=None),
+                 "2x3": dict(b=700, b_r=901, d=200, f_l=2, f_r=3, groups="both")}
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
-@pytest.mark.parametrize("fields", [(1, 1), (2, 3)])
-@pytest.mark.parametrize("kernel, index", _gpu_config_params() if HAS_CUDA else [("fwd", 0)])
-def test_every_gpu_config(monkeypatch, kernel, index, fields):
+@pytest.mark.parametrize("kernel, index, layout", _gpu_config_params() if HAS_CUDA else [("fwd", 0, "1x1")])
+def test_every_gpu_config(monkeypatch, kernel, index, layout):
     # autotune may pick any config on some GPU: each one must be right, not only the default.
     # With GCL_TRITON_AUTOTUNE=0 (the fixture) each kernel runs the first config of its list,
     # so a one-config list forces that config. bf16: the tensor-core path autotuning is for.
@@ -661,7 +687,8 @@ def test_every_gpu_config(monkeypatch, kernel, index, fields):
              "fused": (tg._bwd_fused_tuned, tg._FUSED_CONFIGS, "fused")}
     kern, configs, mode = tuned[kernel]
     monkeypatch.setenv("GCL_TRITON_BACKWARD", mode)
-    case = _make_case(700, 901, 200, *fields, groups="both", seed=14)
+    c = _CONFIG_CASES[layout]
+    case = _make_case(c["b"], c["b_r"], c["d"], c["f_l"], c["f_r"], groups=c["groups"], seed=14)
     try:
         for other, _, _ in tuned.values():
             other.cache.clear()

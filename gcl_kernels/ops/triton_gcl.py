@@ -132,15 +132,15 @@ def _tile_scores(
 def _masked_scores(
     dot,     # [TILE_M, TILE_N] float32 raw dot products <x_i, y_j>
     scale2,  # s * log2(e)
-    lg_ptr,  # [B_LG] int64 lhs group ids (read only if HAS_LG); B_LG = B or B_R
+    lg_ptr,  # [B_LG] int64 lhs group ids (read only if HAS_LG); B <= B_LG <= B_R
     rg_ptr,  # [B_R] int64 rhs group ids (read only if HAS_RG)
     i_m, row_ok, j_n, col_ok, B, B_R, B_LG,
     HAS_LG: tl.constexpr, HAS_RG: tl.constexpr,
 ):
     # S2[i, j] = s * log2(e) * <x_i, y_j>, or _MASKED where (i, j) is padding or
     # M[i, j] = (i != j) and ((j < B_LG and lg[i] == lg[j]) or rg[i] == rg[j]).
-    # B_LG is the length of lhs_groups: B, or B_R when the columns past B (e.g. gathered
-    # from other ranks) carry query ids of their own.
+    # B_LG is the length of lhs_groups: B, or more when the first extra columns (e.g. pairs
+    # gathered from other ranks) carry query ids of their own (gcl_loss's extra_lhs_groups).
     # Padding costs one broadcast add (no [TILE_M, TILE_N] predicate); _MASKED is finite, so
     # 2^(S2 - anything finite) is exactly 0 and S2 * 0 is 0 (with -inf it would be NaN).
     pen_m = tl.where(row_ok, 0.0, _MASKED)
@@ -832,8 +832,8 @@ def _check_inputs(inp: GCLInputs) -> None:
     if inp.row_weights is None and inp.col_weights is None:
         raise ValueError("row_weights/col_weights: at least one direction must be present")
     lg = inp.lhs_groups
-    if lg is not None and (lg.dim() != 1 or lg.numel() not in (b, b_r)):
-        raise ValueError(f"lhs_groups: expected shape [B]=[{b}] or [B_R]=[{b_r}], got {tuple(lg.shape)}")
+    if lg is not None and (lg.dim() != 1 or not b <= lg.numel() <= b_r):
+        raise ValueError(f"lhs_groups: expected shape [L] with B={b} <= L <= B_R={b_r}, got {tuple(lg.shape)}")
     if _backward_mode() in ("gemm", "gemm_cols"):  # a bad setting fails here, not after the forward
         _gemm_backward_mod.check_env(x.device)
 

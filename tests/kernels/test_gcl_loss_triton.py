@@ -58,7 +58,6 @@ else:
 
 from gcl_kernels import gcl_loss  # noqa: E402
 from gcl_kernels._validation import GCLInputs, canonicalize  # noqa: E402
-from gcl_kernels.ops import reference as reference_mod  # noqa: E402
 from gcl_kernels.ops.reference import reference_gcl_loss  # noqa: E402
 
 gb = sys.modules.get("gcl_kernels.ops.triton_gemm_backward")  # imported by triton_gcl
@@ -128,14 +127,11 @@ def _run(case, fn, dtype, device, direction="both", normalize="batch", grads=(Tr
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     s = torch.tensor(case["scale"], dtype=acc, device=device, requires_grad=grads[2])
     mv = lambda t: None if t is None else t.to(device)  # noqa: E731
-    lg = mv(case["lg"])
-    long_lg = lg is not None and lg.numel() != x.shape[-2]
     inp = canonicalize(x, y, s, weights=case["w"].to(device=device, dtype=acc),
                        field_weights=case["fw"].to(device=device, dtype=acc),
-                       lhs_groups=None if long_lg else lg, rhs_groups=mv(case["rg"]),
-                       direction=direction, normalize=normalize)
-    if long_lg:  # [B_R] lhs groups, set past canonicalize (which may predate them)
-        inp.lhs_groups = lg.to(torch.int64).contiguous()
+                       lhs_groups=mv(case["lg"]), rhs_groups=mv(case["rg"]),
+                       direction=direction, normalize=normalize,
+                       extra_lhs_groups=mv(case.get("elg")))
     loss = fn(inp)
     loss.backward(torch.tensor(gout, dtype=loss.dtype, device=loss.device))
     out = [loss.detach()] + [t.grad if t.requires_grad else None for t in (x, y, s)]
@@ -287,33 +283,20 @@ def test_ragged_k(monkeypatch, mode, d):
     _check(_make_case(18, 23, d, 1, 2, groups="rhs", seed=d))
 
 
-def _group_mask_long_lg(lhs_groups, rhs_groups, b, b_r, device):
-    """reference.group_mask with lhs_groups of length B or B_R: the comparison covers every
-    column j < len(lhs_groups) (`m[:, :len(lg)] |= lg[:b, None] == lg[None, :]`)."""
-    if lhs_groups is None and rhs_groups is None:
-        return None
-    m = torch.zeros(b, b_r, dtype=torch.bool, device=device)
-    if lhs_groups is not None:
-        m[:, :lhs_groups.numel()] |= lhs_groups[:b, None] == lhs_groups[None, :]
-    if rhs_groups is not None:
-        m |= rhs_groups[:b, None] == rhs_groups[None, :]
-    m[torch.arange(b), torch.arange(b)] = False
-    return m
-
-
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("rhs, direction", [(False, "both"), (True, "lhs_to_rhs")])
-def test_lhs_groups_over_all_columns(monkeypatch, mode, rhs, direction):
-    # lhs_groups of length B_R: the extra columns (gathered from other ranks) carry query ids
+@pytest.mark.parametrize("n_extra, rhs, direction", [(11, False, "both"), (5, True, "lhs_to_rhs")])
+def test_extra_lhs_groups(mode, n_extra, rhs, direction, monkeypatch):
+    # lhs_groups longer than B (gcl_loss's extra_lhs_groups): the first extra columns, e.g.
+    # gathered from other ranks, carry query ids too; all 11 of B_R - B here, or the first 5
     monkeypatch.setenv("GCL_TRITON_BACKWARD", mode)
-    monkeypatch.setattr(reference_mod, "group_mask", _group_mask_long_lg)
     case = _make_case(19, 30, 24, 1, 2, groups="rhs" if rhs else None, seed=41)
-    case["lg"] = torch.randint(0, 6, (30,), generator=torch.Generator().manual_seed(41))
+    gen = torch.Generator().manual_seed(41)
+    case["lg"] = torch.randint(0, 6, (19,), generator=gen)
+    case["elg"] = torch.randint(0, 6, (n_extra,), generator=gen)
     ref = _run(case, reference_gcl_loss, torch.float64, "cpu", direction=direction)
-    # the long ids must matter: the same case with only the first B ids gives another loss
-    short = dict(case, lg=case["lg"][:19])
-    assert abs(float(_run(short, reference_gcl_loss, torch.float64, "cpu", direction=direction)[0])
-               - float(ref[0])) > 1e-3 * abs(float(ref[0]))
+    # the extra ids must matter: without them the loss differs
+    plain = _run(dict(case, elg=None), reference_gcl_loss, torch.float64, "cpu", direction=direction)
+    assert abs(float(plain[0]) - float(ref[0])) > 1e-3 * abs(float(ref[0]))
     _check_against(ref, case, direction=direction)
 
 

@@ -1,5 +1,6 @@
 """GPU scale check: impl="triton" (and "chunked", reported only) against a float64-accumulated
-reference at B = 16k-64k, bf16 and fp16, with lhs / rhs groups and extra negatives.
+reference at B = 16k-64k, bf16 and fp16, with lhs / rhs groups and extra negatives (the first
+half of them with query ids of their own, `extra_lhs_groups`).
 
 The float64 reference computes every row and column log-sum-exp, the loss and the logit
 scale's gradient over the whole B x B_R matrix in row chunks on the GPU, and the gradients
@@ -34,7 +35,8 @@ def _case(b, dtype, seed=0):
     x = torch.nn.functional.normalize(torch.randn(b, D, device="cuda", generator=g), dim=-1).to(dtype)
     y = torch.nn.functional.normalize(torch.randn(b_r, D, device="cuda", generator=g), dim=-1).to(dtype)
     w = torch.rand(b, device="cuda", generator=g) * 0.9 + 0.1
-    lg = torch.randint(0, b // 4, (b,), device="cuda", generator=g)      # ~4 rows per query
+    # ~4 rows per query; the first half of the extra columns carry query ids too
+    lg = torch.randint(0, b // 4, (b + (b_r - b) // 2,), device="cuda", generator=g)
     rg = torch.randint(0, b_r // 2, (b_r,), device="cuda", generator=g)  # ~2 rows per product
     rows = torch.cat([torch.tensor([0, b - 1], device="cuda"),
                       torch.randperm(b, device="cuda", generator=g)[:SAMPLES - 2]])
@@ -44,8 +46,9 @@ def _case(b, dtype, seed=0):
 
 
 def _mask(lg, rg, rows, cols, b):
+    n = lg.numel()
     m = (rg[rows][:, None] == rg[cols][None, :])
-    m |= (lg[rows][:, None] == lg[cols.clamp(max=b - 1)][None, :]) & (cols < b)[None, :]
+    m |= (lg[rows][:, None] == lg[cols.clamp(max=n - 1)][None, :]) & (cols < n)[None, :]
     m &= rows[:, None] != cols[None, :]
     return m
 
@@ -99,7 +102,9 @@ def _run(c, impl):
     x = c["x"].clone().requires_grad_()
     y = c["y"].clone().requires_grad_()
     s = torch.tensor(SCALE, device="cuda", requires_grad=True)
-    loss = gcl_loss(x, y, s, weights=c["w"], lhs_groups=c["lg"], rhs_groups=c["rg"], impl=impl)
+    b = x.shape[0]
+    loss = gcl_loss(x, y, s, weights=c["w"], lhs_groups=c["lg"][:b], rhs_groups=c["rg"], impl=impl,
+                    extra_lhs_groups=c["lg"][b:])
     loss.backward()
     return float(loss), float(s.grad), x.grad[c["rows"]].double(), y.grad[c["cols"]].double()
 

@@ -93,25 +93,94 @@ INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 MAX_PAYLOAD_DEPTH = 64
 
 
-def _payload_value(v: Any, where: str, depth: int, path_ids: set, size: List[int]) -> Any:
-    """A JSON-compatible copy of one payload value (numpy scalars become Python ones)."""
-    if v is None or isinstance(v, bool):
+class _Bad(Exception):
+    """A payload value problem; ``path`` is filled in on the way out of the recursion."""
+
+    def __init__(self, msg: str):
+        self.msg = msg
+        self.path: List[str] = []
+
+
+def _fmt_path(path: List[str]) -> str:
+    return "".join(reversed(path))
+
+
+def _payload_value(v: Any, depth: int, path_ids: set, size: List[int]) -> Any:
+    """A JSON-compatible copy of one payload value (numpy scalars become Python ones).
+
+    Plain ``str`` / ``int`` / ``float`` / ``bool`` / ``None`` / ``dict`` / ``list`` take the
+    fast branches (a payload of a few keys costs a few microseconds); the error message's
+    key path is built only when something is wrong.
+    """
+    t = type(v)
+    if t is str:
+        if v.isascii():
+            size[0] += len(v) + 2
+            return v
+    elif t is float:
+        if v - v == 0.0:  # finite (inf - inf and nan - nan are nan)
+            size[0] += 24
+            return v
+        raise _Bad(f"expected a finite number, got {v!r} (NaN and infinity are not JSON)")
+    elif t is bool or v is None:
         size[0] += 5
         return v
+    elif t is int:
+        if INT64_MIN <= v <= INT64_MAX:
+            size[0] += 20
+            return v
+    if t is dict or t is list or isinstance(v, (list, tuple, Mapping)):
+        if depth >= MAX_PAYLOAD_DEPTH:
+            raise _Bad(f"nested deeper than {MAX_PAYLOAD_DEPTH} levels")
+        if id(v) in path_ids:
+            raise _Bad("contains itself (a cyclic list or dict cannot be stored)")
+        path_ids.add(id(v))
+        size[0] += 2
+        try:
+            if isinstance(v, Mapping):
+                out = {}
+                for k, x in v.items():
+                    if type(k) is not str:
+                        if not isinstance(k, str):
+                            raise _Bad(f"keys must be strings, got {type(k).__name__} {k!r}")
+                        k = str(k)
+                    if not k.isascii():
+                        try:
+                            k.encode("utf-8")
+                        except UnicodeEncodeError as e:
+                            raise _Bad(f"key {k!r} is not encodable as UTF-8 ({e.reason})") from None
+                    size[0] += len(k) + 3
+                    try:
+                        out[k] = _payload_value(x, depth + 1, path_ids, size)
+                    except _Bad as e:
+                        e.path.append(f"[{k!r}]")
+                        raise
+                return out
+            res = []
+            for j, x in enumerate(v):
+                try:
+                    res.append(_payload_value(x, depth + 1, path_ids, size))
+                except _Bad as e:
+                    e.path.append(f"[{j}]")
+                    raise
+            return res
+        finally:
+            path_ids.discard(id(v))
+    # the slow branches: non-ASCII strings, subclasses, numpy scalars, big ints, the rest
     if isinstance(v, str):
         try:
             size[0] += len(v.encode("utf-8")) + 2
         except UnicodeEncodeError as e:
-            raise ValueError(f"{where}: expected a string encodable as UTF-8, got {v!r} ({e.reason})") from None
+            raise _Bad(f"expected a string encodable as UTF-8, got {v!r} ({e.reason})") from None
         return str(v)
-    if isinstance(v, np.bool_):
+    if isinstance(v, (bool, np.bool_)):
         size[0] += 5
         return bool(v)
     if isinstance(v, (int, np.integer)):
         i = int(v)
         if not INT64_MIN <= i <= INT64_MAX:
-            raise ValueError(
-                f"{where}: integer {i} is outside the 64-bit signed range Qdrant stores "
+            raise _Bad(
+                f"integer {i} is outside the 64-bit signed range Qdrant stores "
                 f"[-2**63, 2**63 - 1] (it would be stored as an inexact float); store it as a string"
             )
         size[0] += 20
@@ -119,31 +188,12 @@ def _payload_value(v: Any, where: str, depth: int, path_ids: set, size: List[int
     if isinstance(v, (float, np.floating)):
         f = float(v)
         if not math.isfinite(f):
-            raise ValueError(f"{where}: expected a finite number, got {f!r} (NaN and infinity are not JSON)")
+            raise _Bad(f"expected a finite number, got {f!r} (NaN and infinity are not JSON)")
         size[0] += 24
         return f
-    if isinstance(v, (list, tuple, Mapping)):
-        if depth >= MAX_PAYLOAD_DEPTH:
-            raise ValueError(f"{where}: nested deeper than {MAX_PAYLOAD_DEPTH} levels")
-        if id(v) in path_ids:
-            raise ValueError(f"{where}: contains itself (a cyclic list or dict cannot be stored)")
-        path_ids.add(id(v))
-        size[0] += 2
-        try:
-            if isinstance(v, Mapping):
-                out = {}
-                for k, x in v.items():
-                    if not isinstance(k, str):
-                        raise ValueError(f"{where}: keys must be strings, got {type(k).__name__} {k!r}")
-                    kw = _payload_value(k, f"{where} key {k!r}", depth, path_ids, size)
-                    out[kw] = _payload_value(x, f"{where}[{k!r}]", depth + 1, path_ids, size)
-                return out
-            return [_payload_value(x, f"{where}[{j}]", depth + 1, path_ids, size) for j, x in enumerate(v)]
-        finally:
-            path_ids.discard(id(v))
     hint = " (use .tolist())" if isinstance(v, np.ndarray) else ""
-    raise ValueError(
-        f"{where}: expected a JSON value (str, int, float, bool, None, list or dict), got "
+    raise _Bad(
+        f"expected a JSON value (str, int, float, bool, None, list or dict), got "
         f"{type(v).__name__} {v!r:.80}{hint}"
     )
 
@@ -175,7 +225,10 @@ def check_payloads(payloads: Any, n: int, arg: str = "payloads") -> Tuple[List[D
             raise ValueError(f"{arg}[{i}]: expected a dict with string keys, got {p!r:.200}")
         if ID_KEY in p:
             raise ValueError(f"{arg}[{i}]: key {ID_KEY!r} is reserved for the document id")
-        out.append(_payload_value(p, f"{arg}[{i}]", 0, set(), size))
+        try:
+            out.append(_payload_value(p, 0, set(), size))
+        except _Bad as e:
+            raise ValueError(f"{arg}[{i}]{_fmt_path(e.path)}: {e.msg}") from None
     return out, size[0]
 
 

@@ -102,10 +102,7 @@ def _pooling_modes(cfg: Mapping[str, Any], path: str) -> List[str]:
     if bad:
         raise HFFolderError(f"model: pooling mode {bad[0]!r} in {path!r} is not supported; expected one of "
                             f"{POOLING_MODES}")
-    if cfg.get("include_prompt") is False:
-        # prompts are never prepended here, so excluding them changes nothing
-        pass
-    return modes
+    return modes  # include_prompt is moot: no prompt is ever prepended here
 
 
 def _check_transformer_folder(path: str) -> Dict[str, Any]:
@@ -195,12 +192,13 @@ def read_hf_folder(path: Union[str, os.PathLike], pooling: Optional[Union[str, S
         bad = [m for m in modes if m not in POOLING_MODES]
         if bad:
             raise ValueError(f"pooling: expected one of {POOLING_MODES}, got {bad[0]!r}")
+    if normalize is None:  # the folder's Normalize module; a plain folder: normalise
+        normalize = True if norm is None else norm
     return {
         "transformer_path": transformer_path,
         "pooling": modes or ["mean"],
         "dense": dense,
-        "normalize": bool(norm if normalize is None and norm is not None else
-                          (True if normalize is None else normalize)),
+        "normalize": bool(normalize),
         "max_seq_length": st_cfg.get("max_seq_length"),
         "do_lower_case": bool(st_cfg.get("do_lower_case", False)),
         "hf_config": hf_config,

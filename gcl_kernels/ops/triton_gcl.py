@@ -1,12 +1,12 @@
 """Fused Triton kernels for the GCL loss (GCL_SPEC section 1): forward and backward.
 
-No kernel ever holds a B x B_R similarity matrix. Every F_L x F_R field pair is computed
-from one *stacked* tile: the lhs tile is F_LP row blocks of BM rows (one per lhs field,
-F_LP = F_L rounded up to a power of two, padding fields masked) and the rhs tile is
-F_RP column blocks of BN columns, so one `tl.dot` of [F_LP*BM, BK] x [BK, F_RP*BN]
-produces the scores of all pairs at once, and an lhs or rhs tile is loaded once for all
-the pairs that use it. Per-pair statistics are read from the tile by reshaping it to
-[F_LP*BM, F_RP, BN] (rows) or [F_LP, BM, F_RP*BN] (columns).
+No kernel ever holds a B x B_R similarity matrix. The forward and the v1 backward compute
+every F_L x F_R field pair from one *stacked* tile: the lhs tile is F_LP row blocks of BM
+rows (one per lhs field, F_LP = F_L rounded up to a power of two, padding fields masked)
+and the rhs tile is F_RP column blocks of BN columns, so one `tl.dot` of
+[F_LP*BM, BK] x [BK, F_RP*BN] produces the scores of all pairs at once. Per-pair
+statistics are read from the tile by reshaping it to [F_LP*BM, F_RP, BN] (rows) or
+[F_LP, BM, F_RP*BN] (columns).
 
 Kernels (all accumulate in float32; scores are kept in log2 units, S2 = S * log2(e)):
   1. `_gcl_fwd_stats_kernel`, grid G x C: program (g, c) sweeps the rows of row group g
@@ -16,36 +16,51 @@ Kernels (all accumulate in float32; scores are kept in log2 units, S2 = S * log2
   2. `_gcl_fwd_merge_kernel`: reduces the C row partials and G column partials, computes
      the diagonal <x_i, y_i> by a D loop, writes the three per-pair vectors the backward
      needs (row bias, column bias, diagonal coefficient) and one loss partial per program.
-  3. `_gcl_bwd_dx_kernel` (row block stationary) and `_gcl_bwd_dy_kernel` (column block
-     stationary, working on the transposed tile S^T so that dS^T feeds tl.dot from
-     registers): recompute S tile by tile, form dS, and accumulate dS @ y (resp. dS^T @ x)
-     for one chunk of D_OUT output columns; the dx kernel also writes the per-row partial
-     of d(logit_scale) = sum dS * S / s.
-  3'. GCL_TRITON_BACKWARD=fused (opt-in): the dx kernel with FUSE_DY also adds dS^T @ x
-     for its D_OUT chunk into a float32 dy buffer by atomics, so each S tile is recomputed
-     once per chunk instead of twice. Fewer flops; costs a float32 [F_R, B_R, D] buffer
-     (16-bit inputs), atomic traffic and a run-to-run varying summation order for dy.
-Memory beyond inputs and gradients: (G + C) * P * B floats of partials (G, C <= 32, 16),
-3 * P * B floats of statistics, one float per row of d(logit_scale) partials; P = F_L * F_R.
-docs/triton_kernel.md gives the reasons (one forward sweep, two backward kernels, no
-atomics) and the flop count.
+  3. The backward, chosen by GCL_TRITON_BACKWARD:
+     - "gemm" (default) and "gemm_cols": `triton_gemm_backward.py`. Per block of rows a
+       Triton GEMM writes dS (masks, statistics and weights in its epilogue) and cuBLAS
+       forms dx = s dS Y and dy = s dS^T X: S is recomputed once, 8 B B_R D flop units in
+       all (gemm_cols: dy from a second sweep over column blocks, 10 units, less memory).
+     - "split" (v1): `_gcl_bwd_dx_kernel` (row block stationary) and `_gcl_bwd_dy_kernel`
+       (column block stationary, on the transposed tile) recompute S tile by tile and
+       accumulate dS @ y (dS^T @ x) for one chunk of D_OUT output columns: 14 / 18 / 22
+       units at D = 512 / 768 / 1024. Kept selectable until a GPU says which is faster.
+     - "fused" (v1): the dx kernel with FUSE_DY also adds dS^T @ x into a float32 dy buffer
+       by atomics (dy's summation order varies from run to run).
+Memory beyond inputs and gradients: (G + C) * P * B floats of forward partials (G, C <= 32,
+16), 3 * P * B floats of statistics; gemm adds one block of dS (a byte budget, default
+128 MiB) and a float32 [F_R, B_R, D] dy accumulator, gemm_cols only the dS block;
+P = F_L * F_R. docs/triton_kernel.md gives the reasons and the flop counts.
+
+lhs_groups may be longer than B (B <= L <= B_R, gcl_loss's extra_lhs_groups): the lhs-group
+mask then covers every column j < L (the runtime length B_LG in the kernels).
 
 Differences from `reference_gcl_loss`:
   - scores are computed in float32 from the input dtype; on the GPU bf16/fp16 tiles go to
-    the tensor cores as they are, dS is rounded to the input dtype before the two gradient
-    products (as flash-attention does), and float32 inputs use `input_precision` =
+    the tensor cores as they are, and float32 inputs use `input_precision` =
     GCL_TRITON_FP32_PRECISION (default "ieee": exact float32 products, no tf32 rounding;
     "tf32x3" and "tf32" are faster and less exact);
+  - dS is rounded to the input dtype before the gradient products (as flash-attention does
+    with P), as dS * 2^k with 2^k putting its largest possible entry near 2^14, so that fp16
+    keeps it (unscaled, dS ~ w / (B B_R) is below fp16's subnormals at large B); 2^-k is
+    undone exactly. The interpreter rounds the same way (then multiplies in float32);
   - exp2/log2 are the hardware approximations (no libdevice);
   - float64 is not served (use impl="chunked" or "reference").
 
+Determinism: gemm, gemm_cols and split use no atomics; for fixed configs two runs agree
+bit for bit (tested here under the interpreter; the GPU test checks it compiled). With
+autotuning the configs are picked per process, so across processes results are
+bit-identical only with GCL_TRITON_AUTOTUNE=0 (or the same picks). fused is not.
+
 Tested where: under the Triton 3.8 interpreter (TRITON_INTERPRET=1) on a CPU, float32
-against the float64 reference (plus bf16 / fp16 at one small shape), and built offline for
-sm_90 with the compilers and ptxas of Triton 3.8 (in CI) and Triton 3.6 (the GPU machine's
-version, every config, benchmarks/build_sm90.py), compiled, never run: no GPU was
-available. No GPU run has happened yet: the GPU tests and benchmarks
-(benchmarks/gpu_suite.sh) are written but not yet run, so no GPU speed or accuracy figure
-is claimed here.
+against the float64 reference (every backward, field layout, group mask, direction and
+normalisation, ragged shapes, several dS blocks, both tile-load paths) and bf16 / fp16 at
+small shapes with the GPU's dS rounding; built offline for sm_90 with the compilers and
+ptxas of Triton 3.8 (in CI) and Triton 3.6 (the GPU machine's version, every config,
+benchmarks/build_sm90.py, with the runtime's divisibility specialisation). Never run on a
+GPU: no GPU was available. `benchmarks/gpu_first_call.sh` runs the GPU tests, a scale check
+and the benchmark in one device call; until it has run, no GPU speed or accuracy figure is
+claimed here.
 """
 from __future__ import annotations
 

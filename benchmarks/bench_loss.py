@@ -156,8 +156,6 @@ def _build_gcl(impl_name, env=None):
     def build(device):
         # each implementation has its own worker process, so its settings stay its own
         os.environ.update(env or {})
-        if impl_name == "triton":
-            os.environ.setdefault("GCL_TRITON_BACKWARD", "gemm")
         from gcl_kernels import gcl_loss
 
         return lambda t: gcl_loss(t["x"], t["y"], t["scale"], t["w"], t["fw"], impl=impl_name)

@@ -27,7 +27,8 @@
 # rows of bench_loss.csv (minus its header) to benchmarks/results/bench_loss.csv and commit
 # them with summary.md (docs/triton_kernel.md, "The GPU run").
 #
-# Knobs: BUDGET (455 s for the stages before the summary), PYTHON (python3), WORKERS (8).
+# Knobs: BUDGET (455 s for the stages before the summary), PYTHON (python3), WORKERS (8),
+# STAGES (env,tests,scale,bench,extra: the ones to run; the summary always runs), RUN_ID.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -37,7 +38,8 @@ BUDGET="${BUDGET:-455}"
 WORKERS="${WORKERS:-8}"
 RES="${OUT:-$ROOT/benchmarks/results/gpu_first_call}"
 mkdir -p "$RES"
-RUN_ID="gpu-first-$(date +%Y%m%d-%H%M%S)"
+RUN_ID="${RUN_ID:-gpu-first-$(date +%Y%m%d-%H%M%S)}"
+STAGES=",${STAGES:-env,tests,scale,bench,extra},"
 T0=$(date +%s)
 exec > >(tee -a "$RES/log.txt") 2>&1
 export PYTHONPATH="$ROOT:$ROOT/.gpu_deps${PYTHONPATH:+:$PYTHONPATH}"
@@ -52,6 +54,10 @@ log() { printf '\n=== [%s, %4ss used, %4ss left] %s\n' "$(date +%H:%M:%S)" "$(( 
 # RESERVE being what the later stages need at least; skipped when under 15 s remain for it.
 run_stage() {
     local name=$1 max=$2 reserve=$3 fn=$4 limit rc
+    if [[ "$STAGES" != *",$name,"* ]]; then
+        STATUS+=("$name: not selected")
+        return 0
+    fi
     limit=$(( $(left) - reserve ))
     (( limit > max )) && limit=$max
     if (( limit < 15 )); then
@@ -100,10 +106,13 @@ EOF
     return "${PIPESTATUS[0]}"
 }
 
+# pytest-xdist is on the GPU image; without it the tests run in one process
+xdist() { "$PYTHON" -c "import xdist" 2>/dev/null && echo "-n $1"; }
+
 stage_tests() {
     # -v: each result is printed as it finishes, so a stage cut at its limit still says
     # which tests passed
-    timeout -k 10 "$LIMIT" "$PYTHON" -m pytest -v -p no:cacheprovider -m gpu -n "$WORKERS" -rfEs \
+    timeout -k 10 "$LIMIT" "$PYTHON" -m pytest -v -p no:cacheprovider -m gpu $(xdist "$WORKERS") -rfEs \
         --durations=15 tests/kernels/test_gcl_loss_triton.py tests/kernels/test_gcl_loss.py \
         2>&1 | tee "$RES/tests.txt"
     return "${PIPESTATUS[0]}"
@@ -112,7 +121,7 @@ stage_tests() {
 stage_scale() {
     : > "$RES/scale.txt"
     GCL_SCALE_LOG="$RES/scale.txt" timeout -k 10 "$LIMIT" "$PYTHON" -m pytest -q -p no:cacheprovider \
-        -m gpu -n 4 -rfEs tests/kernels/test_triton_scale.py 2>&1 | tail -n 40
+        -m gpu $(xdist 4) -rfEs tests/kernels/test_triton_scale.py 2>&1 | tail -n 40
     return "${PIPESTATUS[0]}"
 }
 
@@ -250,7 +259,7 @@ run_stage scale 90 190 stage_scale
 run_stage bench 240 20 stage_bench
 if (( $(left) >= 80 )); then
     run_stage extra 120 20 stage_extra
-else
+elif [[ "$STAGES" == *",extra,"* ]]; then
     STATUS+=("extra: skipped ($(left)s left, needs 80)")
 fi
 log "stage summary"

@@ -37,6 +37,12 @@ class GCLLoss(nn.Module):
             (e.g. an open_clip model's `logit_scale`), so the model, its optimizer and its
             checkpoints hold the one value; init_logit_scale and learn_logit_scale are
             then not used.
+        distributed: the batch is spread over the processes of `process_group` (default:
+            the world): `forward` gets this rank's slice and returns this rank's share of
+            the loss over the gathered batch (`gcl_kernels.distributed.gathered_gcl_loss`);
+            the shares sum to the loss of the whole batch, so sum (not average) the
+            parameter gradients over ranks.
+        process_group: the `torch.distributed` group for `distributed=True`.
         max_logit_scale: upper clamp applied on use; None for no clamp.
 
     Shape:
@@ -64,6 +70,8 @@ class GCLLoss(nn.Module):
         max_logit_scale: Optional[float] = 100.0,
         impl: str = "auto",
         logit_scale: Optional[nn.Parameter] = None,
+        distributed: bool = False,
+        process_group=None,
     ):
         super().__init__()
         if not callable(weight_fn) and weight_fn not in KINDS:
@@ -96,6 +104,8 @@ class GCLLoss(nn.Module):
         self.direction = direction
         self.normalize = normalize
         self.impl = impl
+        self.distributed = bool(distributed)
+        self.process_group = process_group
         self.max_logit_scale = None if max_logit_scale is None else float(max_logit_scale)
         if field_weights is not None:
             try:
@@ -150,6 +160,15 @@ class GCLLoss(nn.Module):
             weights = self.weights_from_scores(scores)
             if isinstance(lhs, torch.Tensor):
                 weights = weights.to(lhs.device)
+        if self.distributed:
+            if extra_lhs_groups is not None:
+                raise ValueError("extra_lhs_groups: not supported with distributed=True (the gathered "
+                                 "columns' query ids come from lhs_groups of every rank)")
+            from .distributed import gathered_gcl_loss
+
+            return gathered_gcl_loss(lhs, rhs, self.scale(), weights=weights, field_weights=self.field_weights,
+                                     lhs_groups=lhs_groups, rhs_groups=rhs_groups, direction=self.direction,
+                                     normalize=self.normalize, impl=self.impl, group=self.process_group)
         return gcl_loss(lhs, rhs, self.scale(), weights=weights, field_weights=self.field_weights,
                         lhs_groups=lhs_groups, rhs_groups=rhs_groups, direction=self.direction,
                         normalize=self.normalize, impl=self.impl, extra_lhs_groups=extra_lhs_groups)
@@ -157,4 +176,4 @@ class GCLLoss(nn.Module):
     def extra_repr(self) -> str:
         return (f"weight_fn={getattr(self.weight_fn, '__name__', self.weight_fn)!s}, s_max={self.s_max}, "
                 f"direction={self.direction}, normalize={self.normalize}, impl={self.impl}, "
-                f"max_logit_scale={self.max_logit_scale}")
+                f"max_logit_scale={self.max_logit_scale}, distributed={self.distributed}")

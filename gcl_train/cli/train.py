@@ -3,7 +3,9 @@
     gcl-train --data demo_out/data --model tiny --epochs 2 --batch-size 64 \\
               --weight-fn linear --field-mode mean --out runs/tiny-gcl
 
-The argument parsing only: every option's default and choices come from
+Several GPUs or machines: `torchrun --nproc_per_node N $(which gcl-train) ...` (see
+`gcl_train.training.distributed`). The argument parsing only: every option's default and
+choices come from
 `gcl_train.training.TrainConfig` (and `gcl_kernels`' constants); the loop is
 `gcl_train.training.train`. Run it again with the same `--out` to resume a killed run from
 its newest checkpoint. Exit status: see `gcl_train.cli.common`.
@@ -78,7 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("optimisation")
     c.add(g, "--epochs", "epochs", "passes over the training split", type=int)
     c.add(g, "--max-steps", "max_steps", "total optimiser steps; overrides --epochs", type=int)
-    c.add(g, "--batch-size", "batch_size", "pairs per optimiser step", type=int)
+    c.add(g, "--batch-size", "batch_size", "pairs per optimiser step; under torchrun the global batch, "
+          "split evenly over the processes", type=int)
+    c.add(g, "--micro-batch-size", "micro_batch_size", "gradient cache: encode the batch this many rows at a "
+          "time (memory of M rows, every pair of the batch still a negative; one extra forward pass)",
+          type=int, show_default="off")
     c.add(g, "--lr", "lr", "AdamW learning rate", type=float)
     c.add(g, "--wd", "weight_decay", "AdamW weight decay", type=float)
     c.add(g, "--warmup", "warmup_steps", "linear warmup steps", type=int)
@@ -97,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add(g, "--stop-after", "stop_after", "checkpoint and exit after N steps in this invocation "
           "(time-sliced jobs)", type=int)
     c.add(g, "--log-every", "log_every", "steps between log.jsonl lines", type=int)
+    c.add(g, "--dist-timeout", "dist_timeout_minutes", "under torchrun: minutes a process waits for the "
+          "others (e.g. while rank 0 evaluates)", type=float)
     add_progress_flags(g)
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval-splits", default="",

@@ -44,6 +44,11 @@ class TrainConfig:
     Input: `prefetch` batches built ahead in a background thread (0: inline).
     Run: `epochs` or `max_steps`, `save_every` steps, `keep_checkpoints`, `eval_every`
     steps (0: only at the end when `eval_splits` is set), `resume`.
+    Scale: `micro_batch_size` M turns on the gradient cache (the batch is encoded M rows
+    at a time; every pair of the batch stays a negative); under torchrun `batch_size` is
+    the global batch and each of the N ranks encodes batch_size / N rows;
+    `dist_timeout_minutes` bounds how long a rank waits for the others (e.g. while
+    rank 0 evaluates).
     """
 
     data: str
@@ -89,6 +94,8 @@ class TrainConfig:
     prefetch: int = 2
     stop_after: Optional[int] = None
     progress: bool = True
+    micro_batch_size: Optional[int] = None
+    dist_timeout_minutes: float = 120.0
 
     def validate(self) -> "TrainConfig":
         """Check every option; raises ValueError naming the option."""
@@ -152,6 +159,12 @@ class TrainConfig:
         pos_int("eval_batch_size", self.eval_batch_size)
         pos_int("log_every", self.log_every)
         pos_int("prefetch", self.prefetch, allow_zero=True)
+        pos_int("micro_batch_size", self.micro_batch_size, allow_none=True)
+        if self.micro_batch_size is not None and self.micro_batch_size > self.batch_size:
+            raise ValueError(f"micro_batch_size: {self.micro_batch_size} is larger than the batch "
+                             f"(batch_size {self.batch_size}); the gradient cache encodes the batch in "
+                             f"micro-batches no larger than it")
+        num("dist_timeout_minutes", self.dist_timeout_minutes, 0, lo_open=True)
         if self.resume not in RESUME and not os.path.isfile(str(self.resume)):
             raise ValueError(f"resume: expected one of {RESUME} or a checkpoint file, got {self.resume!r}")
         if self.lock_image and self.lock_text:

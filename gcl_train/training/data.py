@@ -186,12 +186,19 @@ class TrainingData:
         return shuffled(self.examples(stats), shuffle_buffer, rng)
 
     def batches(self, bundle, batch_size: int, seed: int, epoch: int, shuffle_buffer: int,
-                skip: int = 0, stats: Optional[ReadStats] = None) -> Iterator[Tuple["Batch", int]]:
+                skip: int = 0, stats: Optional[ReadStats] = None,
+                shard: Optional[range] = None) -> Iterator[Tuple[Optional["Batch"], int]]:
         """(batch, examples consumed so far) for one epoch, starting after `skip` examples.
 
         The count after each batch is the resume position: a checkpoint taken after training
         on that batch restarts the epoch's stream there. A final remainder of one example,
         and batches left with fewer than two usable pairs, are skipped.
+
+        With `shard` (a function of the global batch's length giving this rank's rows, see
+        `distributed.shard_bounds`), every global batch yields this rank's slice, collated
+        with group ids that are the same on every rank, or None when the slice has no
+        usable pair; the caller decides, with the other ranks, whether the global batch
+        has the two usable pairs a step needs.
         """
         stream = self.epoch(seed, epoch, shuffle_buffer, stats)
         for _ in range(skip):  # replay the deterministic shuffle up to the resume point
@@ -201,14 +208,26 @@ class TrainingData:
             pending.append(ex)
             consumed += 1
             if len(pending) == batch_size:
-                batch = self._try_batch(pending, bundle)
+                yield from self._emit(pending, bundle, consumed, shard)
                 pending = []
-                if batch is not None:
-                    yield batch, consumed
         if len(pending) >= 2:
+            yield from self._emit(pending, bundle, consumed, shard)
+
+    def _emit(self, pending, bundle, consumed, shard):
+        if shard is None:
             batch = self._try_batch(pending, bundle)
             if batch is not None:
                 yield batch, consumed
+            return
+        rows = shard(len(pending))
+        lhs_ids, rhs_ids = _ids([ex.query_id for ex in pending]), _ids([ex.product_id for ex in pending])
+        part = [pending[i] for i in rows]
+        try:
+            batch = make_batch(part, bundle, self.dataset, self.field_weights,
+                               lhs_ids=lhs_ids[rows.start:rows.stop], rhs_ids=rhs_ids[rows.start:rows.stop])
+        except ValueError:  # none of this rank's examples has a usable field
+            batch = None
+        yield batch, consumed
 
     def _try_batch(self, examples, bundle) -> Optional["Batch"]:
         try:
@@ -282,21 +301,25 @@ def _ids(values: Sequence[str]) -> torch.Tensor:
     return torch.tensor([index.setdefault(v, len(index)) for v in values], dtype=torch.int64)
 
 
-def make_batch(examples: Sequence[Example], bundle, dataset,
-               field_weights: Mapping[str, float]) -> Batch:
+def make_batch(examples: Sequence[Example], bundle, dataset, field_weights: Mapping[str, float],
+               lhs_ids: Optional[torch.Tensor] = None, rhs_ids: Optional[torch.Tensor] = None) -> Batch:
     """Tokenise, load and preprocess one batch of examples.
 
     A field with zero weight is not read at all; an image that fails to load is a missing
     field; an example left with no present field is dropped (counted in `n_dropped`).
+    Group ids number the distinct query and product ids of the batch, unless `lhs_ids`
+    and `rhs_ids` ([len(examples)] each) give them (a rank's slice of a global batch).
     """
+    if (lhs_ids is None) != (rhs_ids is None):
+        raise ValueError("lhs_ids, rhs_ids: give both or neither")
     need_title = field_weights.get("title", 0) > 0
     need_image = field_weights.get("image", 0) > 0
     if need_image and not bundle.has_image_tower:
         raise ValueError(f"field_weights: the image field has weight {field_weights['image']} but the "
                          f"model {bundle.name!r} has no image tower; use title=1")
-    keep, pixels, present = [], [], []
+    keep, kept_rows, pixels, present = [], [], [], []
     blank = None
-    for ex in examples:
+    for row, ex in enumerate(examples):
         has_t = need_title and not is_missing(ex.title)
         img = None
         if need_image and not is_missing(ex.image):
@@ -313,6 +336,7 @@ def make_batch(examples: Sequence[Example], bundle, dataset,
                 img = blank
             pixels.append(img)
         keep.append(ex)
+        kept_rows.append(row)
         present.append((has_t, img is not None and img is not blank))
     if not keep:
         raise ValueError("batch: no example in this batch has a usable document field")
@@ -323,8 +347,8 @@ def make_batch(examples: Sequence[Example], bundle, dataset,
         images=torch.stack(pixels) if need_image else None,
         present=torch.tensor(present, dtype=torch.bool),
         scores=torch.tensor([ex.score for ex in keep], dtype=torch.float32),
-        lhs_groups=_ids([ex.query_id for ex in keep]),
-        rhs_groups=_ids([ex.product_id for ex in keep]),
+        lhs_groups=_ids([ex.query_id for ex in keep]) if lhs_ids is None else lhs_ids[kept_rows],
+        rhs_groups=_ids([ex.product_id for ex in keep]) if rhs_ids is None else rhs_ids[kept_rows],
         n_dropped=len(examples) - len(keep),
     )
 

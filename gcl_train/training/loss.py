@@ -17,7 +17,7 @@ def loss_module(model: torch.nn.Module, s_max: float, *, weight_fn: str = "linea
                 weight_params: Optional[Mapping[str, float]] = None, direction: str = "both",
                 normalize: str = "batch", field_mode: str = "mean",
                 field_weights: Optional[Mapping[str, float]] = None, max_logit_scale: float = 100.0,
-                impl: str = "auto") -> GCLLoss:
+                impl: str = "auto", distributed: bool = False) -> GCLLoss:
     """A `gcl_kernels.GCLLoss` that uses the model's own logit scale.
 
     The module's `logit_scale` is the model's Parameter itself, not a copy, so the
@@ -31,6 +31,8 @@ def loss_module(model: torch.nn.Module, s_max: float, *, weight_fn: str = "linea
         field_mode: "mean" (one fused document vector) or "pairs" (a softmax per field,
             weighted by the normalised `field_weights`).
         field_weights: document field weights ({"title": 0.1, "image": 0.9} by default).
+        distributed: each rank passes its slice and gets its share of the loss over the
+            batch gathered from every rank (`GCLLoss(distributed=True)`).
 
     Example:
         >>> loss_fn = loss_module(bundle.model, 100.0, **cfg.loss_options())  # doctest: +SKIP
@@ -42,14 +44,17 @@ def loss_module(model: torch.nn.Module, s_max: float, *, weight_fn: str = "linea
         pair_weights = (fw / fw.sum()).reshape(1, -1)
     return GCLLoss(weight_fn=weight_fn, s_max=s_max, weight_params=dict(weight_params or {}),
                    direction=direction, normalize=normalize, field_weights=pair_weights,
-                   max_logit_scale=max_logit_scale, impl=impl, logit_scale=model.logit_scale)
+                   max_logit_scale=max_logit_scale, impl=impl, logit_scale=model.logit_scale,
+                   distributed=distributed)
 
 
-def embed(model: torch.nn.Module, batch: Batch, field_weights: Optional[Mapping[str, float]],
-          field_mode: str) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Query embeddings [B, D] and document embeddings ([B, D] "mean", [2, B, D] "pairs").
+def encode_batch(model: torch.nn.Module, batch: Batch,
+                 field_weights: Optional[Mapping[str, float]]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Unit query embeddings [B, D] and unit document field embeddings [F, B, D] (float32),
+    with the presence mask [B, F] of the fields that count.
 
-    Fields with zero weight are not encoded (a text-only run never touches the image tower).
+    Fields with zero weight are not encoded (a text-only run never touches the image
+    tower): they are zeros and marked absent.
     """
     fw = field_weight_vector(field_weights)
     q = encode_text_tensor(model, batch.query_tokens)
@@ -64,8 +69,29 @@ def embed(model: torch.nn.Module, batch: Batch, field_weights: Optional[Mapping[
             parts.append(encode_images_tensor(model, batch.images))
     ref = next(p for p in parts if p is not None)
     fields = torch.stack([p if p is not None else torch.zeros_like(ref) for p in parts])
-    docs = combine_document_fields(fields.float(), present, field_mode, fw.to(fields.device))
-    return q.float(), docs
+    return q.float(), fields.float(), present
+
+
+def documents(fields: torch.Tensor, present: torch.Tensor, field_weights: Optional[Mapping[str, float]],
+              field_mode: str) -> torch.Tensor:
+    """The documents the loss sees: [B, D] fused ("mean") or [F, B, D] ("pairs")."""
+    fw = field_weight_vector(field_weights)
+    return combine_document_fields(fields, present, field_mode, fw.to(fields.device))
+
+
+def embed(model: torch.nn.Module, batch: Batch, field_weights: Optional[Mapping[str, float]],
+          field_mode: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Query embeddings [B, D] and document embeddings ([B, D] "mean", [2, B, D] "pairs")."""
+    q, fields, present = encode_batch(model, batch, field_weights)
+    return q, documents(fields, present, field_weights, field_mode)
+
+
+def batch_loss(loss_fn: GCLLoss, q: torch.Tensor, docs: torch.Tensor, batch: Batch,
+               use_groups: bool = True) -> torch.Tensor:
+    """`loss_fn` on a batch's embeddings, with its scores and (optionally) group ids."""
+    return loss_fn(q, docs, scores=batch.scores,
+                   lhs_groups=batch.lhs_groups if use_groups else None,
+                   rhs_groups=batch.rhs_groups if use_groups else None)
 
 
 def compute_loss(model: torch.nn.Module, batch: Batch, loss_fn: GCLLoss,
@@ -80,9 +106,7 @@ def compute_loss(model: torch.nn.Module, batch: Batch, loss_fn: GCLLoss,
         use_groups: mask repeated queries and products in the batch as non-negatives.
     """
     q, docs = embed(model, batch, field_weights, field_mode)
-    return loss_fn(q, docs, scores=batch.scores,
-                   lhs_groups=batch.lhs_groups if use_groups else None,
-                   rhs_groups=batch.rhs_groups if use_groups else None)
+    return batch_loss(loss_fn, q, docs, batch, use_groups)
 
 
-__all__ = ["loss_module", "embed", "compute_loss"]
+__all__ = ["loss_module", "encode_batch", "documents", "embed", "batch_loss", "compute_loss"]

@@ -24,6 +24,18 @@ from ..fileio import atomic_write_json
 from ..models import Encoder, ModelBundle, create_model, read_checkpoint, save_checkpoint
 from .config import RESUME, ConfigConflict, TrainConfig
 from .data import TrainingData, close, prefetched, steps_per_epoch
+from .distributed import (
+    DistEnv,
+    agree,
+    all_gather_objects,
+    broadcast_object,
+    broadcast_parameters,
+    check_same_config,
+    env_from_torchrun,
+    init_distributed,
+    shard_bounds,
+    shutdown,
+)
 from .loop import DONE, EXHAUSTED, STOPPED, train_one_epoch
 from .loss import loss_module
 from .optim import build_optimizer, cosine_schedule
@@ -34,6 +46,7 @@ from .state import (
     is_finished,
     list_checkpoints,
     model_signature,
+    rng_state,
 )
 
 log = logging.getLogger("gcl_train.train")
@@ -96,6 +109,7 @@ class Run:
     state: TrainState
     s_max: float
     total_steps: int
+    env: DistEnv = field(default_factory=DistEnv)
     ran: int = 0  # steps taken in this invocation
     last_checkpoint: Optional[str] = None
     extra: Dict[str, Any] = field(default_factory=dict)
@@ -105,18 +119,23 @@ class Run:
         return self.bundle.model
 
     def save(self, path: Optional[str] = None) -> str:
-        """A checkpoint with the full training state; keeps the newest `keep_checkpoints`."""
+        """A checkpoint with the full training state; keeps the newest `keep_checkpoints`.
+
+        Every rank calls it (it gathers their RNG states); rank 0 alone writes."""
         path = path or checkpoint_path(self.cfg.out, self.state.step)
-        save_checkpoint(path, self.bundle, extra={
-            "train_state": self.state.to_checkpoint(self.optimizer, self.scheduler),
-            "config": self.cfg.to_json(), "s_max": self.s_max})
-        for _, old_path in list_checkpoints(self.cfg.out)[:-self.cfg.keep_checkpoints]:
-            os.unlink(old_path)
+        rng_ranks = all_gather_objects(self.env, rng_state()) if self.env.enabled else None
+        if self.env.is_main:
+            save_checkpoint(path, self.bundle, extra={
+                "train_state": self.state.to_checkpoint(self.optimizer, self.scheduler, rng_ranks),
+                "config": self.cfg.to_json(), "s_max": self.s_max})
+            for _, old_path in list_checkpoints(self.cfg.out)[:-self.cfg.keep_checkpoints]:
+                os.unlink(old_path)
         return path
 
     def evaluate(self) -> None:
-        """Evaluate on `eval_splits` (if any) into eval/step_N and log the result."""
-        if not self.cfg.eval_splits:
+        """Evaluate on `eval_splits` (if any) into eval/step_N and log the result (rank 0;
+        the other ranks go on and wait for it at the next collective)."""
+        if not self.cfg.eval_splits or not self.env.is_main:
             return
         step = self.state.step
         r = evaluate_model(self.bundle, self.cfg, os.path.join(self.cfg.out, "eval", f"step_{step:08d}"),
@@ -152,6 +171,9 @@ def _resume_path(cfg: TrainConfig) -> Optional[str]:
 def train(cfg: TrainConfig, on_step: Optional[Callable[[int, float], None]] = None) -> TrainResult:
     """Train (or resume training) a two-tower model with the GCL loss.
 
+    Under torchrun (WORLD_SIZE > 1 in the environment) every process calls this with the
+    same configuration; see `gcl_train.training.distributed`.
+
     Args:
         cfg: the run's configuration (validated here).
         on_step: optional callback(step, loss) after every optimiser step.
@@ -164,19 +186,66 @@ def train(cfg: TrainConfig, on_step: Optional[Callable[[int, float], None]] = No
         >>> train(cfg).model_path  # doctest: +SKIP
         'runs/tiny/model.pt'
     """
+    env = env_from_torchrun()
+    device = init_distributed(env, resolve_device(cfg.device) if _valid_device(cfg.device) else
+                              torch.device("cpu"), cfg.dist_timeout_minutes)
+    try:
+        return _train(cfg, env, device, on_step)
+    finally:
+        shutdown(env)
+
+
+def _valid_device(spec) -> bool:
+    try:
+        resolve_device(spec)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+def _setup(env: DistEnv, fn, *args):
+    """Run a set-up step on every rank; if any rank fails, every rank raises."""
+    try:
+        out = fn(*args)
+    except (ValueError, FileNotFoundError, OSError, RuntimeError) as e:
+        agree(env, e)
+        raise
+    agree(env, None)
+    return out
+
+
+def _check_setup(cfg: TrainConfig, env: DistEnv) -> None:
+    cfg.validate()
+    resolve_device(cfg.device)
+    if env.enabled:
+        if cfg.batch_size % env.world:
+            raise ValueError(f"batch_size: the global batch {cfg.batch_size} must divide evenly over "
+                             f"{env.world} processes (each encodes batch_size / {env.world} rows)")
+        per_rank = cfg.batch_size // env.world
+        if per_rank < 1:
+            raise ValueError(f"batch_size: {cfg.batch_size} leaves no rows for each of {env.world} processes")
+        if cfg.micro_batch_size is not None and cfg.micro_batch_size > per_rank:
+            raise ValueError(f"micro_batch_size: {cfg.micro_batch_size} is larger than each process's slice "
+                             f"of the batch ({cfg.batch_size} / {env.world} = {per_rank})")
+
+
+def _train(cfg: TrainConfig, env: DistEnv, device: torch.device,
+           on_step: Optional[Callable[[int, float], None]]) -> TrainResult:
     from tqdm.auto import tqdm
 
-    cfg.validate()
+    _setup(env, _check_setup, cfg, env)
+    check_same_config(env, cfg.to_json())
     t_start = time.time()
-    os.makedirs(cfg.out, exist_ok=True)
-    device = resolve_device(cfg.device)
+    main = env.is_main
+    if main:
+        os.makedirs(cfg.out, exist_ok=True)
     amp = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
-    if amp and device.type != "cuda":
+    if amp and device.type != "cuda" and main:
         log.warning("precision bf16 on %s: autocast in bfloat16 on the CPU is slow; use fp32 there", device)
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    bundle = create_model(cfg.model, pretrained=cfg.pretrained, device=device, seed=cfg.seed)
+    bundle = _setup(env, create_model, cfg.model, cfg.pretrained, device, cfg.seed)
     if cfg.field_weights is None:
         cfg.field_weights = bundle.default_field_weights
     if cfg.field_weights.get("image", 0) > 0 and not bundle.has_image_tower:
@@ -184,21 +253,29 @@ def train(cfg: TrainConfig, on_step: Optional[Callable[[int, float], None]] = No
                              f"the model {bundle.name!r} has no image tower; pass --field-weights title=1")
     data = TrainingData(MarqoGSDataset(cfg.data, image_root=cfg.image_root), cfg.split, cfg.score_column,
                         cfg.field_weights)
-    scan = data.scan(os.path.join(cfg.out, "data_scan.json"))
+    # rank 0 scans (and caches) the split and reads the run directory; the others get its answers
+    scan = broadcast_object(env, _setup(env, data.scan, os.path.join(cfg.out, "data_scan.json")) if main
+                            else _setup(env, lambda: None))
     s_max = float(cfg.s_max) if cfg.s_max is not None else float(scan["score_max"])
     if s_max <= 0:
         raise ValueError(f"s_max: the largest {cfg.score_column} in the split is {s_max}; "
                          f"pass a positive s_max (or another score_column)")
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch(scan["usable"], cfg.batch_size)
-    if cfg.resume == "auto" and is_finished(cfg.out):
+    done = None
+    if main and cfg.resume == "auto" and is_finished(cfg.out):
         with open(os.path.join(cfg.out, "summary.json"), encoding="utf-8") as f:
             done = json.load(f)
-        if done.get("total_steps") == total_steps:
+        if done.get("total_steps") != total_steps:
+            done = None
+    done = broadcast_object(env, done)
+    if done is not None:
+        if main:
             log.info("%s: already finished (%d steps); nothing to do", cfg.out, total_steps)
-            return TrainResult(**done)
+        return TrainResult(**done)
 
-    resume_path = _resume_path(cfg)
-    atomic_write_json(os.path.join(cfg.out, "config.json"), cfg.to_json(), default=str)
+    resume_path = broadcast_object(env, _setup(env, _resume_path, cfg) if main else _setup(env, lambda: None))
+    if main:
+        atomic_write_json(os.path.join(cfg.out, "config.json"), cfg.to_json(), default=str)
 
     model = bundle.model
     if cfg.init_logit_scale is not None:
@@ -208,34 +285,33 @@ def train(cfg: TrainConfig, on_step: Optional[Callable[[int, float], None]] = No
         model.lock_image_tower()
     if cfg.lock_text:
         model.lock_text_tower()
-    loss_fn = loss_module(model, s_max, **cfg.loss_options())
+    broadcast_parameters(env, model)  # every replica starts from rank 0's weights
+    loss_fn = loss_module(model, s_max, distributed=env.enabled, **cfg.loss_options())
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
     scheduler = cosine_schedule(optimizer, cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
 
     state = TrainState()
     if resume_path is not None:
-        ck = read_checkpoint(resume_path)
-        train_state = ck["extra"].get("train_state")
-        if not train_state or train_state.get("version") is None:
-            raise ValueError(f"resume: {resume_path!r} has no training state (a final model.pt?); "
-                             f"start a new run with pretrained={resume_path!r} instead")
-        model.load_state_dict(ck["state_dict"])
-        state = TrainState.from_checkpoint(train_state, optimizer, scheduler, resume_path)
-        log.info("resumed from %s at step %d (epoch %d, %d examples in)", resume_path, state.step,
-                 state.epoch, state.consumed)
+        state = _setup(env, _resume, model, optimizer, scheduler, resume_path, env)
+        if main:
+            log.info("resumed from %s at step %d (epoch %d, %d examples in)", resume_path, state.step,
+                     state.epoch, state.consumed)
+    elif env.enabled:
+        torch.manual_seed(cfg.seed + 1_000_003 * env.rank)  # each rank's own dropout stream
     model.train()
     if cfg.lock_image:  # lock_image_tower leaves the frozen tower's modules in train mode
         model.visual.eval()
-    run = Run(cfg, device, amp, bundle, loss_fn, optimizer, scheduler, state, s_max, total_steps)
+    run = Run(cfg, device, amp, bundle, loss_fn, optimizer, scheduler, state, s_max, total_steps, env)
 
     stats = ReadStats()
+    shard = (lambda n: shard_bounds(n, env)) if env.enabled else None
     bar = tqdm(total=total_steps, initial=state.step, desc=f"train {os.path.basename(cfg.out.rstrip('/'))}",
-               unit="step", disable=not cfg.progress, dynamic_ncols=True)
-    log_f = open(os.path.join(cfg.out, "log.jsonl"), "a", encoding="utf-8")
+               unit="step", disable=not (cfg.progress and main), dynamic_ncols=True)
+    log_f = open(os.path.join(cfg.out, "log.jsonl"), "a", encoding="utf-8") if main else None
     try:
         while state.step < total_steps:
             batches = data.batches(bundle, cfg.batch_size, cfg.seed, state.epoch, cfg.shuffle_buffer,
-                                   state.consumed, stats)
+                                   state.consumed, stats, shard=shard)
             if cfg.prefetch:
                 batches = prefetched(batches, cfg.prefetch)
             try:
@@ -246,24 +322,42 @@ def train(cfg: TrainConfig, on_step: Optional[Callable[[int, float], None]] = No
                 run.last_checkpoint = run.save()
                 res = TrainResult.of(cfg.out, state, total_steps, False, None, run.last_checkpoint,
                                      resume_path, t_start)
-                res.save()
+                if main:
+                    res.save()
                 return res
             if ended == EXHAUSTED:
                 state.end_epoch()
     finally:
         bar.close()
-        log_f.close()
+        if log_f is not None:
+            log_f.close()
     state.close_history()  # stopped by max_steps inside an epoch
-    if stats.n_skipped:
+    if stats.n_skipped and main:
         log.warning("%s", stats.summary())
     run.evaluate()
     run.last_checkpoint = run.save()
     model_path = os.path.join(cfg.out, "model.pt")
-    save_checkpoint(model_path, bundle, extra={"config": cfg.to_json(), "s_max": s_max, "step": state.step,
-                                                "epoch_losses": state.epoch_losses, "evals": state.evals})
     res = TrainResult.of(cfg.out, state, total_steps, True, model_path, run.last_checkpoint, resume_path, t_start)
-    res.save()
+    if main:
+        save_checkpoint(model_path, bundle, extra={"config": cfg.to_json(), "s_max": s_max, "step": state.step,
+                                                    "epoch_losses": state.epoch_losses, "evals": state.evals})
+        res.save()
+    agree(env, None)  # the others wait until rank 0 has written the final model
     return res
+
+
+def _resume(model, optimizer, scheduler, path: str, env: DistEnv) -> TrainState:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"resume: rank {env.rank} cannot read {path!r}; under torchrun --out must be on a file system "
+            f"every process can read (rank 0 writes the checkpoints there)")
+    ck = read_checkpoint(path)
+    train_state = ck["extra"].get("train_state")
+    if not train_state or train_state.get("version") is None:
+        raise ValueError(f"resume: {path!r} has no training state (a final model.pt?); "
+                         f"start a new run with pretrained={path!r} instead")
+    model.load_state_dict(ck["state_dict"])
+    return TrainState.from_checkpoint(train_state, optimizer, scheduler, path, env.rank, env.world)
 
 
 __all__ = ["train", "evaluate_model", "resolve_device", "Run", "SUMMARY_KEYS"]

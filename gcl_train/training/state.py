@@ -88,23 +88,42 @@ class TrainState:
             self.epoch_losses.append(sum(self.history) / len(self.history))
             self.history = []
 
-    def to_checkpoint(self, optimizer, scheduler) -> Dict[str, Any]:
-        """The `train_state` entry of a checkpoint (format version `STATE_VERSION`)."""
+    def to_checkpoint(self, optimizer, scheduler, rng_ranks: Optional[List[Dict[str, Any]]] = None
+                      ) -> Dict[str, Any]:
+        """The `train_state` entry of a checkpoint (format version `STATE_VERSION`).
+
+        `rng_ranks` holds every rank's RNG states under torchrun (rank 0's are also
+        stored as "rng", which is all a single-process run has)."""
         d = dataclasses.asdict(self)
+        rng = rng_ranks[0] if rng_ranks else rng_state()
         d.update(version=STATE_VERSION, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                 rng=rng_state())
+                 rng=rng, world_size=len(rng_ranks) if rng_ranks else 1)
+        if rng_ranks and len(rng_ranks) > 1:
+            d["rng_ranks"] = rng_ranks
         return d
 
     @classmethod
-    def from_checkpoint(cls, d: Mapping[str, Any], optimizer, scheduler, path: str) -> "TrainState":
-        """Restore optimizer, scheduler and RNG states and return the state (ValueError
-        for a checkpoint without a training state, e.g. a final model.pt)."""
+    def from_checkpoint(cls, d: Mapping[str, Any], optimizer, scheduler, path: str,
+                        rank: int = 0, world: int = 1) -> "TrainState":
+        """Restore optimizer, scheduler and this rank's RNG states and return the state.
+
+        Raises:
+            ValueError for a checkpoint without a training state (e.g. a final model.pt),
+            or one written by a run with a different number of processes.
+        """
         if not isinstance(d, Mapping) or d.get("version") != STATE_VERSION:
             raise ValueError(f"resume: {path!r} has no training state (a final model.pt?); "
                              f"start a new run with pretrained={path!r} instead")
+        saved_world = int(d.get("world_size", 1))
+        if saved_world != world:
+            raise ValueError(
+                f"resume: {path!r} was written by a run on {saved_world} process(es), this one has {world}; "
+                f"the data order would not change, but each process's random state cannot be carried "
+                f"over exactly, so resume with {saved_world} process(es) (torchrun --nproc_per_node / "
+                f"--nnodes), or start a new run directory with --pretrained {path}")
         optimizer.load_state_dict(d["optimizer"])
         scheduler.load_state_dict(d["scheduler"])
-        set_rng_state(d["rng"])
+        set_rng_state(d["rng_ranks"][rank] if "rng_ranks" in d else d["rng"])
         return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
 

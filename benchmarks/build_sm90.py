@@ -117,7 +117,8 @@ def _launch(kernel: str, inp, tiles: dict):
         args, consts = gb.ds_launch_args(inp, stats, f32(1), buf, f32(264), 0, rows, 0, n_cols, rows,
                                          cols_pad, kernel == "ds", tiles)
         consts["CAST_F32"] = False
-        return gb._gcl_ds_kernel, list(args), consts, gb._DS_CONFIGS, False
+        cfgs = gb._DS_CONFIGS_FP32 if inp.x.dtype == torch.float32 else gb._DS_CONFIGS
+        return gb._gcl_ds_kernel, list(args), consts, cfgs, False
     common = [inp.x, inp.y, f32(1), f32(1), f32(1), i64(b), i64(b_r), *stats]
     scal = [b, b_r, b, n_cols, d, b * d, b_r * d, bucket]
     if kernel in ("dx", "fused"):

@@ -994,7 +994,8 @@ class _GCLTritonFunction(torch.autograd.Function):
         inp = GCLInputs(x, y, logit_scale, row_w, col_w, field_w, lg, rg)
         mode = _backward_mode()
         if mode in ("gemm", "gemm_cols"):
-            dx, dy, d_scale = gemm_backward(inp, stats, grad_out, need_x, need_y, need_s, mode)
+            dx, dy, d_scale = _gemm_backward_mod.gemm_backward(inp, stats, grad_out, need_x, need_y,
+                                                               need_s, mode)
             if d_scale is not None:
                 d_scale = d_scale.reshape(logit_scale.shape)
             return dx, dy, d_scale, None, None, None, None, None
@@ -1039,4 +1040,3 @@ def triton_gcl_loss(inp: GCLInputs) -> torch.Tensor:
 # The GEMM backward uses the tile helpers above; imported last so that its module can import
 # them from this one (and is defined under the same TRITON_INTERPRET setting).
 from . import triton_gemm_backward as _gemm_backward_mod  # noqa: E402
-from .triton_gemm_backward import gemm_backward  # noqa: E402

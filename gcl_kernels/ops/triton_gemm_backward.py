@@ -237,9 +237,21 @@ _DS_SHAPES = [
     (256, 128, 64, 8, 3, 2),
 ]
 _DS_CONFIGS = [_config(*s) for s in _DS_SHAPES]
+# float32 inputs: operands twice the bytes, and with input_precision "ieee" (the default, no
+# tensor cores) the products run on FMA units from registers, where the 16-bit tiles spill
+# kilobytes; block pointers then (see _use_tma). Offline builds: 128 x 64 on 8 warps 160
+# registers, no spill (ieee, block pointers), 117 registers (tf32, descriptors).
+_DS_SHAPES_FP32 = [
+    (128, 64, 32, 8, 2, 1),
+    (64, 64, 32, 4, 2, 1),
+    (128, 128, 32, 8, 2, 2),
+]
+_DS_CONFIGS_FP32 = [_config(*s) for s in _DS_SHAPES_FP32]
 
 
 def _prune(configs, named_args, **kwargs):
+    if kwargs.get("DS_DTYPE") == tl.float32:
+        configs = _DS_CONFIGS_FP32
     dmax = max(16, triton.next_power_of_2(named_args["D"]))
     seen, out = set(), []
     for cfg in configs:
@@ -273,10 +285,13 @@ def check_env(device) -> None:
     _block_budget(device)
 
 
-def _use_tma(d: int, esize: int) -> bool:
-    """Tensor descriptors need 16-byte aligned rows (D * esize % 16 == 0); Hopper or newer."""
+def _use_tma(d: int, esize: int, precision: str = "tf32") -> bool:
+    """Tensor descriptors need 16-byte aligned rows (D * esize % 16 == 0) and Hopper or newer;
+    not for float32 products on FMA units (precision "ieee"), which spill with them."""
     mode = _tma_mode()
     if TensorDescriptor is None or mode == "0" or (d * esize) % 16:
+        return False
+    if esize == 4 and precision == "ieee" and not _INTERPRET:
         return False
     if _INTERPRET:
         return True
@@ -440,7 +455,7 @@ def gemm_backward(inp: GCLInputs, stats, gout: torch.Tensor, need_dx: bool, need
     g = gout.detach().to(torch.float32).reshape(())
     pow2 = _tg._ds_pow2(dcoef).reshape(1)
     unscale = (s * g / pow2).reshape(())  # gradient = (stored dS products) * s g / 2^k
-    use_tma = _use_tma(d, esize)
+    use_tma = _use_tma(d, esize, _tg._flags(inp)["PRECISION"])
     dsdot = torch.zeros(_num_programs(dev), dtype=torch.float32, device=dev)
     dsum = torch.zeros((), dtype=torch.float32, device=dev)
 

@@ -54,7 +54,7 @@ setup(
     entry_points={
         "console_scripts": [
             "gcl-eval=gcl_train.cli.eval:main",
-            "gcl-qdrant=qdrant_plugin.cli:main",
+            "gcl-qdrant=gcl_train.cli.qdrant:main",
             "gcl-train=gcl_train.cli.train:main",
         ],
     },

@@ -90,7 +90,7 @@ def stage_train(args, data: str, out: str, name: str):
 
 def stage_eval(args, data: str, model_path: str, out_dir: str):
     from gcl_train.data import MarqoGSDataset
-    from gcl_train.evaluate import EvalConfig, evaluate
+    from gcl_train.evaluation import EvalConfig, evaluate
     from gcl_train.models import Encoder
 
     cfg = train_config(args, data, "unused", "linear")

@@ -1,6 +1,6 @@
-"""The evaluator's retriever protocol (``gcl_train.evaluate``) answered by a Qdrant index.
+"""The evaluator's retriever protocol (``gcl_train.evaluation``) answered by a Qdrant index.
 
-``gcl_train.evaluate`` hands a retriever each split's corpus as fused unit vectors (the
+``gcl_train.evaluation`` hands a retriever each split's corpus as fused unit vectors (the
 evaluation's image 0.9 / title 0.1 fusion) and asks for the top k per query. Here the
 corpus goes into a one-field :class:`MultiFieldIndex` (field ``"doc"``) through the
 resumable :func:`ingest`, one collection per corpus, so the NDCG the evaluator computes

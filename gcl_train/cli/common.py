@@ -28,11 +28,12 @@ LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 
 def key_values(text: str, what: str, allowed: Optional[Iterable[str]] = None,
-               positive_sum: bool = False) -> Dict[str, float]:
+               positive_sum: bool = False, noun: str = "value") -> Dict[str, float]:
     """Parse "a=1,b=0.5" into {"a": 1.0, "b": 0.5}.
 
     Every value must be a finite number; a key given twice, an unknown key (when
-    `allowed` is given) or an empty key is an error naming the option.
+    `allowed` is given) or an empty key is an error naming the option (`noun` names the
+    values in messages: "weight", "parameter").
 
     Raises:
         ValueError (argparse turns it into a usage error when used as a `type=`).
@@ -60,9 +61,9 @@ def key_values(text: str, what: str, allowed: Optional[Iterable[str]] = None,
         try:
             v = float(value)
         except ValueError:
-            raise ValueError(f"{what}: {key!r} needs a number, got {value.strip()!r}") from None
+            raise ValueError(f"{what}: {key!r} has a non-numeric {noun} {value.strip()!r}") from None
         if not math.isfinite(v):
-            raise ValueError(f"{what}: {key!r} must be a finite number, got {value.strip()!r}")
+            raise ValueError(f"{what}: {key!r} has a non-finite {noun} {value.strip()!r}")
         out[key] = v
     if positive_sum and out and sum(out.values()) <= 0:
         raise ValueError(f"{what}: expected at least one positive value, got {text!r}")

@@ -20,7 +20,7 @@ from typing import List, Optional
 
 from gcl_kernels import DIRECTIONS, IMPLS, NORMALIZATIONS, WEIGHT_KINDS
 
-from ..data import SPLITS, MarqoGSDataset
+from ..data import DOC_FIELD_NAMES, SPLITS, MarqoGSDataset
 from ..models import FIELD_MODES
 from ..training import PRECISIONS, SCORE_COLUMNS, ConfigConflict, TrainConfig, train
 from .common import (
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add(g, "--field-mode", "field_mode", "mean: one fused document vector; pairs: a softmax per field",
           choices=FIELD_MODES)
     c.add(g, "--field-weights", "field_weights", "document field weights",
-          type=key_values_type("--field-weights", allowed=("title", "image"), positive_sum=True))
+          type=key_values_type("--field-weights", allowed=DOC_FIELD_NAMES, positive_sum=True, noun="weight"))
     c.add(g, "--direction", "direction", "which softmax directions", choices=DIRECTIONS)
     c.add(g, "--normalize", "normalize", "divide by the batch size or by the sum of weights",
           choices=NORMALIZATIONS)

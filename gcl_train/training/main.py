@@ -77,7 +77,7 @@ def evaluate_model(bundle: ModelBundle, cfg: TrainConfig, out_dir: str, device) 
     Returns:
         {split: {"ndcg@10", "err", "rbp@0.9", ...}}.
     """
-    from ..evaluate import EvalConfig, evaluate  # noqa: the evaluator package re-export
+    from ..evaluation import EvalConfig, evaluate
 
     was_training = bundle.model.training
     bundle.model.eval()

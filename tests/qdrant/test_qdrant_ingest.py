@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from qdrant_plugin import MultiFieldIndex
-from qdrant_plugin.cli import main as cli_main
+from gcl_train.cli.qdrant import main as cli_main
 from qdrant_plugin.ingest import CRASH_ENV, ArraySource, ingest
 from qdrant_plugin.synth import latent_embeddings
 
@@ -46,7 +46,7 @@ def _cli_args(tmp_path, paths, batch, store="store"):
 
 def _spawn(args, env_extra=None):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env_extra or {}))
-    return subprocess.Popen([sys.executable, "-m", "qdrant_plugin.cli", *args], env=env,
+    return subprocess.Popen([sys.executable, "-m", "gcl_train.cli.qdrant", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -292,7 +292,7 @@ def test_server_requests_carry_the_quantisation(monkeypatch):
 
 
 def test_cli_ingest_and_search_with_int8(tmp_path, capsys):
-    from qdrant_plugin.cli import main
+    from gcl_train.cli.qdrant import main
 
     docs = latent_embeddings(60, {"title": 8, "image": 8}, latent_dim=4, noise=0.3, seed=5)
     for f, v in docs.items():

@@ -10,7 +10,7 @@ import pytest
 
 import qdrant_plugin.backends.edge as edge_backend
 from qdrant_plugin import MultiFieldIndex, brute_force
-from qdrant_plugin.cli import main
+from gcl_train.cli.qdrant import main
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +181,7 @@ class _CountingEncoder:
 
 
 def test_corpus_source_skips_done_batches_without_encoding(world):
-    from qdrant_plugin.cli import CorpusSource
+    from gcl_train.cli.qdrant import CorpusSource
 
     _, data, ck = world
     usable = _usable_corpus(data)

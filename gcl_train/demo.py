@@ -29,6 +29,7 @@ import time
 from typing import Any, Dict, List, Optional, Sequence
 
 from .fileio import atomic_write, atomic_write_json
+from .cli.common import add_progress_flags
 from .data import doc_field_specs
 from .training import TrainConfig, is_finished, train
 
@@ -88,16 +89,17 @@ def stage_train(args, data: str, out: str, name: str):
     return res
 
 
-def stage_eval(args, data: str, model_path: str, out_dir: str):
+def stage_eval(args, data: str, model_path: str, out_dir: str, name: str):
     from gcl_train.data import MarqoGSDataset
     from gcl_train.evaluation import EvalConfig, evaluate
+    from gcl_train.evaluation.cache import file_digest
     from gcl_train.models import Encoder
 
-    cfg = train_config(args, data, "unused", "linear")
     enc = Encoder.from_checkpoint(model_path, batch_size=256)
-    config = EvalConfig(right=doc_field_specs(cfg.field_weights), n_queries=args.eval_queries)
+    config = EvalConfig(right=doc_field_specs(), n_queries=args.eval_queries, ground_truth=args.ground_truth)
     report = evaluate(MarqoGSDataset(data), "all", encoder=enc, config=config, out_dir=out_dir,
-                      progress=not args.quiet, resume=True)
+                      progress=not args.quiet, resume=True, encoder_id=f"sha256:{file_digest(model_path)}",
+                      label=f"{name.upper()} ({WEIGHT_FNS[name]} weights), {args.model} model")
     return report
 
 
@@ -107,7 +109,8 @@ def comparison(reports: Dict[str, Any]) -> List[Dict[str, Any]]:
     gcl, ce = reports["gcl"], reports["ce"]
     for split, r in gcl.results.items():
         c = ce.results[split]
-        row: Dict[str, Any] = {"split": split, "name": r.name, "queries": r.n_queries, "docs": r.n_docs}
+        row: Dict[str, Any] = {"split": split, "name": r.name, "queries": r.n_queries, "docs": r.n_docs,
+                               "noisy": bool(getattr(r, "noisy", False))}
         for key, _ in SUMMARY:
             g, b = float(r.metrics[key]), float(c.metrics[key])
             row[f"gcl_{key}"], row[f"ce_{key}"] = g, b
@@ -123,12 +126,15 @@ def format_table(rows: Sequence[Dict[str, Any]]) -> str:
         head += [f"{label} CE", f"{label} GCL", "change"]
     lines = [head]
     for r in rows:
-        line = [r["name"], str(r["queries"])]
+        line = [r["name"], str(r["queries"]) + ("*" if r.get("noisy") else "")]
         for key, _ in SUMMARY:
             line += [f"{r[f'ce_{key}']:.4f}", f"{r[f'gcl_{key}']:.4f}", f"{100 * r[f'rel_{key}']:+.1f}%"]
         lines.append(line)
     widths = [max(len(l[i]) for l in lines) for i in range(len(head))]
-    return "\n".join("  ".join(c.rjust(w) for c, w in zip(l, widths)) for l in lines)
+    table = "\n".join("  ".join(c.rjust(w) for c, w in zip(l, widths)) for l in lines)
+    if any(r.get("noisy") for r in rows):
+        table += "\n* fewer than 100 test queries: a noisy estimate (differences of a few points are not significant)"
+    return table
 
 
 def write_comparison(out: str, rows: List[Dict[str, Any]], meta: Dict[str, Any]) -> Dict[str, str]:
@@ -152,18 +158,25 @@ def _plot(rows, f) -> None:
     import numpy as np
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(9, 3.6), dpi=100)
+    fig = Figure(figsize=(10, 4.0), dpi=100)
     x = np.arange(len(rows))
     for i, (key, label) in enumerate(SUMMARY):
         ax = fig.add_subplot(1, len(SUMMARY), i + 1)
         ax.bar(x - 0.2, [r[f"ce_{key}"] for r in rows], 0.4, label="CE (constant weights)")
         ax.bar(x + 0.2, [r[f"gcl_{key}"] for r in rows], 0.4, label="GCL (linear weights)")
+        if key == "ndcg@10":
+            ax.scatter(x, [r["chance_ndcg@10"] for r in rows], marker="_", s=400, color="black", zorder=3,
+                       label="chance (random ranking)")
         ax.set_xticks(x)
-        ax.set_xticklabels([r["name"].replace("_", "\n") for r in rows], fontsize=8)
+        ax.set_xticklabels([f"{r['name'].replace('_', chr(10))}\n{r['queries']} q{'*' if r.get('noisy') else ''}"
+                            for r in rows], fontsize=7)
         ax.set_title(label)
     handles, labels = fig.axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=2, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 0.92))
+    fig.suptitle("GCL vs CE on the synthetic MarqoGS data, same model and budget"
+                 + (" (* fewer than 100 queries: noisy)" if any(r.get("noisy") for r in rows) else ""),
+                 fontsize=10)
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 0.93))
     fig.savefig(f, format="png")
 
 
@@ -171,81 +184,88 @@ def stage_qdrant(args, data: str, model_path: str, out: str) -> None:
     """Embed corpus_1's titles and images, ingest them, and run one weighted query."""
     import numpy as np
 
-    from gcl_train.data import MarqoGSDataset, is_missing
+    from gcl_train.data import DOC_FIELDS, MarqoGSDataset
+    from gcl_train.evaluation import encode_fields
+    from gcl_train.evaluation.cache import file_digest
+    from gcl_train.metrics import ranking_metrics
     from gcl_train.models import Encoder
     from qdrant_plugin import MultiFieldIndex
     from qdrant_plugin.ingest import ArraySource, ingest
 
     ds = MarqoGSDataset(data)
     enc = Encoder.from_checkpoint(model_path, batch_size=256, progress=not args.quiet)
-    emb_dir = os.path.join(out, "qdrant_vectors")
-    os.makedirs(emb_dir, exist_ok=True)
     docs = list(ds.iter_corpus("corpus_1"))
-    ids = [pid for pid, _ in docs]
-    titles = [None if is_missing(d.get("title")) else str(d["title"]) for _, d in docs]
-    has_img = np.array([ds.image_available(d.get("image_local")) for _, d in docs])
-    has_title = np.array([t is not None for t in titles])
-    vec_path = os.path.join(emb_dir, "corpus_1.npz")
-    stamp = {"model": os.path.abspath(model_path), "mtime": os.path.getmtime(model_path), "n": len(ids)}
+    names = [f.name for f in DOC_FIELDS]
+    vec_path = os.path.join(out, "qdrant_vectors", "corpus_1.npz")
+    stamp = {"model_sha256": file_digest(model_path), "corpus": ds.corpus_path("corpus_1"), "n": len(docs),
+             "fields": names}
     cached = None
     if os.path.isfile(vec_path):
         z = np.load(vec_path, allow_pickle=False)
         if json.loads(str(z["stamp"])) == stamp:
-            cached = z
+            cached = {"vectors": z["vectors"], "present": z["present"]}
     if cached is None:
-        t = np.zeros((len(ids), enc.dim), np.float32)
-        im = np.zeros((len(ids), enc.dim), np.float32)
-        sel = np.flatnonzero(has_title)
-        t[sel] = enc([titles[i] for i in sel], "txt")
-        sel = np.flatnonzero(has_img)
-        im[sel] = enc([ds.load_image(docs[i][1]["image_local"]) for i in sel], "img")
-        atomic_write(vec_path, lambda f: np.savez(f, title=t, image=im, stamp=json.dumps(stamp)), binary=True)
+        vectors, present = encode_fields([d for _, d in docs], DOC_FIELDS, enc, ds)
+        atomic_write(vec_path, lambda f: np.savez(f, vectors=vectors, present=present, stamp=json.dumps(stamp)),
+                     binary=True)
     else:
-        t, im = cached["title"], cached["image"]
-    payloads = [{"title": titles[i] or "", "product_id": ids[i]} for i in range(len(ids))]
+        vectors, present = cached["vectors"], cached["present"]
+    keep = np.flatnonzero(present.any(axis=1))  # a product with neither a title nor an image is left out
+    ids = [docs[i][0] for i in keep]
+    payloads = [{"title": str(docs[i][1].get("title") or ""), "product_id": docs[i][0]} for i in keep]
     store = os.path.join(out, "qdrant")
-    with MultiFieldIndex(store, "gcl_corpus_1", fields={"title": enc.dim, "image": enc.dim}) as index:
-        rep = ingest(index, ArraySource(ids, {"title": t, "image": im}, payloads,
-                                        present={"title": has_title, "image": has_img},
+    with MultiFieldIndex(store, "gcl_corpus_1", fields={n: enc.dim for n in names}) as index:
+        rep = ingest(index, ArraySource(ids, {n: vectors[keep, j] for j, n in enumerate(names)}, payloads,
+                                        present={n: present[keep, j] for j, n in enumerate(names)},
                                         fingerprint=stamp),
                      batch_size=512, progress=not args.quiet)
-        print(f"qdrant: {rep.summary()}; {index.count()} documents in {store}")
+        print(f"qdrant: {rep.summary()}; {index.count()} documents in {store}"
+              + (f" ({len(docs) - len(keep)} products with no title and no image left out)"
+                 if len(keep) < len(docs) else ""))
         gt = ds.ground_truth("in_domain", "test")
         query = max(gt, key=lambda q: (len(gt[q]), q))  # a query with many judged documents
         q = enc([query], "txt")[0]
-        hits = index.search({"title": q, "image": q}, field_weights={"title": 0.1, "image": 0.9}, limit=10)
+        weights = {f.name: f.weight for f in DOC_FIELDS}
+        hits = index.search({n: q for n in names}, field_weights=weights, limit=10)
         rel = gt[query]
-        print(f'qdrant: query "{query}" (weights image 0.9, title 0.1); relevance from the '
-              f"ground truth (1..100, - = not judged):")
+        print(f'qdrant: query "{query}" (weights ' + ", ".join(f"{k} {v}" for k, v in weights.items())
+              + "); relevance from the ground truth (1..100, - = not judged):")
         for rank, h in enumerate(hits, 1):
             print(f"  {rank:2d}. {h.score:.4f}  rel {str(rel.get(h.id, '-')):>3}  {h.payload.get('title', '')[:70]}")
-        from gcl_train.metrics import ranking_metrics
-
         m = ranking_metrics({query: rel}, {query: {h.id: h.score for h in hits}}, ks=(10,))
         print(f"qdrant: NDCG@10 of this list {m['ndcg@10']:.4f}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m gcl_train.demo", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", default="demo_out", help="everything goes here")
+    p = argparse.ArgumentParser(prog="python -m gcl_train.demo", description=__doc__.split("\n")[0])
+
+    def preset(flag, key, help, **kw):
+        quick = f"; --quick: {QUICK[key]}" if key in QUICK else ""
+        p.add_argument(flag, default=None, help=f"{help} (default: {DEFAULTS[key]}{quick})", **kw)
+
+    p.add_argument("--out", default="demo_out", help="everything goes here (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="a 2-minute smoke version (tiny data, 1 epoch)")
-    p.add_argument("--queries", type=int, default=None, help=f"synthetic queries ({DEFAULTS['queries']})")
-    p.add_argument("--docs-per-query", type=int, default=None, help=f"({DEFAULTS['docs_per_query']})")
-    p.add_argument("--image-size", type=int, default=None, help=f"({DEFAULTS['image_size']})")
-    p.add_argument("--model", default=None, help=f"tiny | small | ... ({DEFAULTS['model']})")
-    p.add_argument("--epochs", type=int, default=None, help=f"({DEFAULTS['epochs']})")
-    p.add_argument("--batch-size", type=int, default=None, help=f"({DEFAULTS['batch_size']})")
-    p.add_argument("--lr", type=float, default=None, help=f"({DEFAULTS['lr']})")
-    p.add_argument("--warmup", type=int, default=None, help=f"({DEFAULTS['warmup']})")
-    p.add_argument("--eval-queries", type=int, default=None, help=f"({DEFAULTS['eval_queries']})")
-    p.add_argument("--seed", type=int, default=None, help=f"({DEFAULTS['seed']})")
-    p.add_argument("--save-every", type=int, default=100, help="training checkpoint interval, steps")
+    preset("--queries", "queries", "synthetic queries", type=int)
+    preset("--docs-per-query", "docs_per_query", "judged documents per synthetic query", type=int)
+    preset("--image-size", "image_size", "synthetic image side, pixels", type=int)
+    preset("--model", "model", "tiny | small | an open_clip architecture")
+    preset("--epochs", "epochs", "training epochs of each arm", type=int)
+    preset("--batch-size", "batch_size", "pairs per step", type=int)
+    preset("--lr", "lr", "AdamW learning rate", type=float)
+    preset("--warmup", "warmup", "warmup steps", type=int)
+    preset("--eval-queries", "eval_queries", "test queries per split", type=int)
+    preset("--seed", "seed", "seed of the data, the training and the query sample", type=int)
+    p.add_argument("--ground-truth", choices=("csv", "test"), default="csv",
+                   help="csv: rebuilt from each split's CSV with the weighted query sample, as the reference "
+                        "evaluation does (docs/evaluation.md); test: the data set's gt_test.json files "
+                        "(default: %(default)s)")
+    p.add_argument("--save-every", type=int, default=100, help="training checkpoint interval, steps (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads; 1 leaves the second core to the batch prefetch thread "
-                        "and degrades gracefully when other work shares the machine (0: torch's default)")
-    p.add_argument("--skip-qdrant", action="store_true")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+                        "and degrades gracefully when other work shares the machine (0: torch's default) "
+                        "(default: %(default)s)")
+    p.add_argument("--skip-qdrant", action="store_true", help="stop after the comparison")
+    add_progress_flags(p)
     return p
 
 
@@ -282,7 +302,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _banner(4, n, "evaluate both models on the four splits")
     reports = {}
     for name in ("gcl", "ce"):
-        reports[name] = stage_eval(args, data, runs[name].model_path, os.path.join(out, "eval", name))
+        reports[name] = stage_eval(args, data, runs[name].model_path, os.path.join(out, "eval", name), name)
         print(f"{name}: {reports[name].files.get('json')}")
     _banner(5, n, "GCL vs CE")
     rows = comparison(reports)

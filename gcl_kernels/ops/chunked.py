@@ -40,6 +40,7 @@ GPU-marked tests only.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -109,6 +110,17 @@ def _mm_into(out, a, b, alpha: float, bias=None):
     if bias is None:
         return torch.mul(prod, alpha, out=out)
     return torch.add(bias, prod, alpha=alpha, out=out)
+
+
+def _ds_scale(op: torch.dtype, alpha: Optional[torch.Tensor], gamma: Optional[torch.Tensor]) -> float:
+    """The power of two that puts the largest possible |dS| just under 2^14 before a float16
+    cast (1.0 for every other operand dtype: bfloat16 has float32's exponent range)."""
+    if op != torch.float16:
+        return 1.0
+    bound = sum(float(t.abs().max()) for t in (alpha, gamma) if t is not None and t.numel())
+    if not bound > 0:
+        return 1.0
+    return 2.0 ** math.floor(math.log2(2.0 ** 14 / bound))
 
 
 def _block_mask(lhs_groups, rhs_groups, rows: torch.Tensor, cols: torch.Tensor, b: int):
@@ -251,6 +263,10 @@ class ChunkedGCLFunction(torch.autograd.Function):
         both = row_w is not None and col_w is not None
         alpha = (a[:, None] * row_w * g) if row_w is not None else None  # [P, B]
         gamma = (a[:, None] * col_w * g) if col_w is not None else None  # [P, B]
+        # dS entries are at most max|alpha| + max|gamma| (P <= 1) and ~1/B^2 typically: far below
+        # float16's normal range at large B. Scale dS by a power of two before the cast (exact,
+        # undone in the products' alpha) so the half products see normal numbers.
+        ds_scale = _ds_scale(op, alpha, gamma)
         chunk = chunk_rows(n_cols, b, ctx.block_elements)
         starts = list(range(0, b, chunk))
         buf = torch.empty(n_cols * chunk, dtype=acc, device=dev)
@@ -315,13 +331,13 @@ class ChunkedGCLFunction(torch.autograd.Function):
                     blk.exp_().mul_(gamma[p][:, None])
                     blk[i0:i1].diagonal().sub_(gamma[p, i0:i1])
 
-                ds_blk = blk if op == acc else blk.to(op)
+                ds_blk = blk if op == acc else (blk.mul_(ds_scale) if ds_scale != 1.0 else blk).to(op)
                 if dx is not None:
                     dxb = dx[l, i0:i1]
-                    _mm_into(dxb, ds_blk.T, yo[r], s, bias=dxb)
+                    _mm_into(dxb, ds_blk.T, yo[r], s / ds_scale, bias=dxb)
                 if dy is not None:
                     dyb = dy[r, :n_cols]
-                    _mm_into(dyb, ds_blk, x_blk, s, bias=dyb)
+                    _mm_into(dyb, ds_blk, x_blk, s / ds_scale, bias=dyb)
 
         d_scale = None
         if need_s:

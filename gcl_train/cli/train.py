@@ -152,8 +152,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         result = train(cfg)
     except ConfigConflict as e:
         return fail(PROG, e, EXIT_USAGE)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    except (ValueError, FloatingPointError, RuntimeError) as e:
         return fail(PROG, e, EXIT_ERROR)
+    except OSError as e:  # disk full, permissions, a file where a directory should be
+        return fail(PROG, f"{e.strerror or e}: {e.filename}" if e.filename else e, EXIT_ERROR)
     state = "finished" if result.finished else "stopped (run again to resume)"
     print(f"{state} at step {result.step}/{result.total_steps} in {result.seconds:.1f}s; "
           f"loss {_format_loss(result.first_loss)} -> {_format_loss(result.last_loss)}")

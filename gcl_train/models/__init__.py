@@ -21,6 +21,7 @@ from .checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
     Checkpoint,
+    CorruptCheckpointError,
     atomic_torch_save,
     load_checkpoint,
     read_checkpoint,
@@ -45,7 +46,7 @@ from .pretrained import load_open_clip_weights
 __all__ = [
     "TINY_CONFIG", "SMALL_CONFIG", "MODEL_CONFIGS", "DOC_FIELD_NAMES", "DEFAULT_DOC_FIELD_WEIGHTS",
     "FIELD_MODES", "KINDS", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "ModelBundle", "ModelSpec",
-    "Checkpoint", "Encoder", "available_models", "resolve_model_config", "create_model",
+    "Checkpoint", "CorruptCheckpointError", "Encoder", "available_models", "resolve_model_config", "create_model",
     "get_tokenizer", "make_preprocess", "save_checkpoint", "load_checkpoint", "read_checkpoint",
     "atomic_torch_save", "field_weight_vector", "encode_text_tensor", "encode_images_tensor",
     "combine_document_fields", "load_open_clip_weights",

@@ -11,6 +11,7 @@ files}}`, the tokenizer's own files as `save_pretrained` writes them.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import platform
@@ -60,9 +61,57 @@ def _versions() -> Dict[str, str]:
             "open_clip": str(open_clip.__version__)}
 
 
+class CorruptCheckpointError(ValueError):
+    """A checkpoint whose contents do not match the digests stored in it (a flipped bit,
+    a damaged copy) or that cannot be read at all (a truncated file)."""
+
+
+def _tensors(obj: Any, prefix: str = ""):
+    """(path, tensor) for every tensor in a nest of dicts, lists and tuples."""
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, Mapping):
+        for k, v in obj.items():
+            yield from _tensors(v, f"{prefix}/{k}")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _tensors(v, f"{prefix}/{i}")
+
+
+def tensor_digests(obj: Any) -> Dict[str, str]:
+    """{path: blake2b-64 of the tensor's bytes} for every tensor in `obj`."""
+    out = {}
+    for path, t in _tensors(obj):
+        h = hashlib.blake2b(digest_size=8)
+        h.update(str(t.dtype).encode())
+        h.update(repr(tuple(t.shape)).encode())
+        if t.numel():
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+        out[path] = h.hexdigest()
+    return out
+
+
 def atomic_torch_save(obj: Any, path: Union[str, os.PathLike]) -> None:
-    """`torch.save` through `fileio.atomic_write` (temp file, fsync, `os.replace`)."""
+    """`torch.save` through `fileio.atomic_write` (temp file, fsync, `os.replace`).
+
+    A checkpoint dict (format `CHECKPOINT_FORMAT`) also stores a digest of every tensor
+    it holds (weights, optimizer and RNG states), which `read_checkpoint` verifies."""
+    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+        obj = dict(obj, digests=tensor_digests({k: v for k, v in obj.items() if k != "digests"}))
     atomic_write(path, lambda f: torch.save(obj, f), binary=True, durable=True)
+
+
+def verify_digests(obj: Mapping[str, Any], path: str) -> None:
+    """CorruptCheckpointError naming the first tensor whose bytes changed since saving."""
+    want = obj.get("digests")
+    if want is None:  # written before digests were stored
+        return
+    got = tensor_digests({k: v for k, v in obj.items() if k != "digests"})
+    if got != want:
+        bad = sorted(set(got) ^ set(want)) or sorted(k for k in got if got[k] != want.get(k))
+        raise CorruptCheckpointError(
+            f"checkpoint: {path!r} is damaged: {len(bad)} tensor(s) differ from what was saved, "
+            f"first {bad[0].lstrip('/')!r} (a flipped bit or a damaged copy)")
 
 
 def save_checkpoint(
@@ -162,7 +211,8 @@ def read_checkpoint(path: Union[str, os.PathLike], map_location="cpu") -> Dict[s
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated or foreign files
-        raise ValueError(f"checkpoint: {path!r} could not be read as a torch file: {e}") from None
+        raise CorruptCheckpointError(f"checkpoint: {path!r} could not be read as a torch file "
+                                     f"(truncated, damaged or not a checkpoint): {e}") from None
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"checkpoint: {path!r} is not a {CHECKPOINT_FORMAT} file "
                          f"(for plain open_clip weights use create_model(..., pretrained=path))")
@@ -175,6 +225,7 @@ def read_checkpoint(path: Union[str, os.PathLike], map_location="cpu") -> Dict[s
                          f"expected {TOKENIZER_NAME!r} or {HF_TOKENIZER_NAME!r}")
     if tok.get("name") == HF_TOKENIZER_NAME and not tok.get("files"):
         raise ValueError(f"checkpoint: {path!r} has a Hugging Face model but no tokenizer files")
+    verify_digests(obj, path)
     return obj
 
 

@@ -75,7 +75,12 @@ def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated / foreign files: torch, zipfile and safetensors errors differ
-        raise ValueError(f"pretrained: {path!r} could not be read as weights ({type(e).__name__}: {e}); "
+        first = (str(e).strip().splitlines() or [""])[0]
+        if "Weights only load failed" in str(e):
+            raise ValueError(f"pretrained: {path!r} is a pickle that needs more than tensors to load; it is "
+                             f"refused because unpickling it could run code (torch.load weights_only=True). "
+                             f"Re-save it as a plain state dict or safetensors") from None
+        raise ValueError(f"pretrained: {path!r} could not be read as weights ({type(e).__name__}: {first}); "
                          f"is it truncated or not a weights file?") from None
     from .checkpoint import CHECKPOINT_FORMAT
 

@@ -140,11 +140,13 @@ class TrainingData:
 
     def examples(self, stats: Optional[ReadStats] = None) -> Iterator[Example]:
         """The split's pairs in file order as `Example`s (rows without a usable document
-        field, or without a score, are counted in `stats` and left out)."""
+        field, or without a score, are counted in `stats` and left out). A score that is
+        not a finite number >= 0 is a `DataFormatError` naming the file and line (the
+        split is scanned before training, so it stops there, not mid-epoch)."""
         stats = stats if stats is not None else ReadStats()
         col = self.score_column
         for rec in self.dataset.iter_pairs(self.split, required=("query", "product_id", col),
-                                           optional=("title", "image_local"), stats=stats):
+                                           optional=("title", "image_local"), stats=stats, numeric=(col,)):
             if not _usable(rec, self.dataset, self.field_weights, check_images=False):
                 stats.note_skip("no usable document field (title or image) with positive weight", rec.line)
                 continue

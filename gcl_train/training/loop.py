@@ -40,6 +40,19 @@ def _empty_share(run) -> torch.Tensor:
                        rhs_groups=empty if run.cfg.use_groups else None)
 
 
+def _check_parameters(run) -> None:
+    """FloatingPointError when the optimiser step left a non-finite parameter (an lr far
+    too large, an overflow), instead of failing later on NaN embeddings."""
+    params = [p for p in run.model.parameters() if p.requires_grad]
+    norms = torch._foreach_norm(params) if params else []
+    if norms and not bool(torch.isfinite(torch.stack(norms)).all()):
+        bad = next(n for (n, p), v in zip(((n, p) for n, p in run.model.named_parameters() if p.requires_grad),
+                                          norms) if not bool(torch.isfinite(v)))
+        raise FloatingPointError(
+            f"step {run.state.step + 1}: the optimiser step made parameter {bad!r} non-finite "
+            f"(lr {run.cfg.lr:g}); lower --lr, keep --grad-clip on, or use precision fp32")
+
+
 def train_step(run, batch) -> float:
     """Forward, backward (through the gradient cache when `micro_batch_size` is set),
     gradient sum over ranks, clip, step, schedule, clamp; returns the step's loss (of the
@@ -64,6 +77,7 @@ def train_step(run, batch) -> float:
     run.optimizer.step()
     run.scheduler.step()
     clamp_logit_scale(run.model, cfg.max_logit_scale)
+    _check_parameters(run)
     value = all_reduce_sum(run.env, float(loss.detach()), run.device)
     if not math.isfinite(value):
         raise FloatingPointError(

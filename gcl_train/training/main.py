@@ -15,13 +15,13 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
 from ..data import MarqoGSDataset, ReadStats, doc_field_specs
 from ..fileio import atomic_write_json
-from ..models import Encoder, ModelBundle, create_model, read_checkpoint, save_checkpoint
+from ..models import CorruptCheckpointError, Encoder, ModelBundle, create_model, read_checkpoint, save_checkpoint
 from .config import RESUME, ConfigConflict, TrainConfig
 from .data import TrainingData, close, prefetched, steps_per_epoch
 from .distributed import (
@@ -42,11 +42,14 @@ from .optim import build_optimizer, cosine_schedule
 from .state import (
     TrainResult,
     TrainState,
+    RunLock,
     checkpoint_path,
+    clean_stale_temps,
     is_finished,
     list_checkpoints,
     model_signature,
     rng_state,
+    training_differences,
 )
 
 log = logging.getLogger("gcl_train.train")
@@ -145,19 +148,42 @@ class Run:
             f.write(json.dumps({"step": step, "eval": r}) + "\n")
 
 
-def _resume_path(cfg: TrainConfig) -> Optional[str]:
-    """The checkpoint to resume from (None: start fresh); checks the run directory."""
-    resume_path = None
+def _finished_run(cfg: TrainConfig, total_steps: int) -> Optional[Dict[str, Any]]:
+    """The summary of a finished run in `cfg.out` made with this configuration (None:
+    not finished, or finished with fewer steps); ConfigConflict when it was made with
+    other training options (it is never passed off as this run)."""
+    if cfg.resume != "auto" or not is_finished(cfg.out):
+        return None
+    with open(os.path.join(cfg.out, "summary.json"), encoding="utf-8") as f:
+        done = json.load(f)
+    cfg_path = os.path.join(cfg.out, "config.json")
+    saved = None
+    if os.path.isfile(cfg_path):
+        with open(cfg_path, encoding="utf-8") as f:
+            saved = json.load(f)
+    diff = training_differences(saved or {}, json.loads(json.dumps(cfg.to_json())))
+    if diff:
+        raise ConfigConflict(
+            f"out: {cfg.out!r} holds a finished run trained with other options ({', '.join(diff)}: e.g. "
+            f"{diff[0]} {(saved or {}).get(diff[0])!r} there, {cfg.to_json().get(diff[0])!r} now); pass "
+            f"another --out, or delete that run directory to train it again")
+    return done if done.get("total_steps") == total_steps else None
+
+
+def _resume_candidates(cfg: TrainConfig) -> List[str]:
+    """The checkpoints to resume from, newest first (empty: start fresh); checks the run
+    directory. With --resume FILE only that file."""
     if cfg.resume not in RESUME:
-        resume_path = str(cfg.resume)
+        candidates = [str(cfg.resume)]
     elif cfg.resume == "auto":
-        cks = list_checkpoints(cfg.out)
-        resume_path = cks[-1][1] if cks else None
+        candidates = [p for _, p in reversed(list_checkpoints(cfg.out))]
+    else:
+        candidates = []
     cfg_path = os.path.join(cfg.out, "config.json")
     if cfg.resume == "never" and list_checkpoints(cfg.out):
         raise ConfigConflict(f"out: {cfg.out!r} already holds checkpoints and resume='never'; "
                              f"choose a new out directory or resume='auto'")
-    if resume_path is not None and os.path.isfile(cfg_path):
+    if candidates and os.path.isfile(cfg_path):
         with open(cfg_path, encoding="utf-8") as f:
             old = json.load(f)
         if model_signature(old) != model_signature(json.loads(json.dumps(cfg.to_json()))):
@@ -165,7 +191,7 @@ def _resume_path(cfg: TrainConfig) -> Optional[str]:
                 f"resume: {cfg.out!r} was trained with a different setup "
                 f"({model_signature(old)}); resume needs the same model, data, batch size, seed "
                 f"and shuffle; pass another out directory or resume='never'")
-    return resume_path
+    return candidates
 
 
 def train(cfg: TrainConfig, on_step: Optional[Callable[[int, float], None]] = None) -> TrainResult:
@@ -231,14 +257,37 @@ def _check_setup(cfg: TrainConfig, env: DistEnv) -> None:
 
 def _train(cfg: TrainConfig, env: DistEnv, device: torch.device,
            on_step: Optional[Callable[[int, float], None]]) -> TrainResult:
-    from tqdm.auto import tqdm
-
     _setup(env, _check_setup, cfg, env)
     check_same_config(env, cfg.to_json())
     t_start = time.time()
     main = env.is_main
-    if main:
-        os.makedirs(cfg.out, exist_ok=True)
+    lock = _setup(env, _open_run_dir, cfg.out) if main else _setup(env, lambda: None)
+    try:
+        return _train_locked(cfg, env, device, on_step, t_start)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _open_run_dir(out: str) -> RunLock:
+    """Create the run directory, lock it, and remove temp files a killed run left."""
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"out: cannot create the run directory {out!r}: {e.strerror or e}") from None
+    if not os.path.isdir(out):
+        raise ValueError(f"out: {out!r} is not a directory")
+    lock = RunLock(out)
+    for p in clean_stale_temps(out):
+        log.info("removed %s, left by a run killed while writing it", p)
+    return lock
+
+
+def _train_locked(cfg: TrainConfig, env: DistEnv, device: torch.device,
+                  on_step: Optional[Callable[[int, float], None]], t_start: float) -> TrainResult:
+    from tqdm.auto import tqdm
+
+    main = env.is_main
     amp = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     if amp and device.type != "cuda" and main:
         log.warning("precision bf16 on %s: autocast in bfloat16 on the CPU is slow; use fp32 there", device)
@@ -261,19 +310,13 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device,
         raise ValueError(f"s_max: the largest {cfg.score_column} in the split is {s_max}; "
                          f"pass a positive s_max (or another score_column)")
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch(scan["usable"], cfg.batch_size)
-    done = None
-    if main and cfg.resume == "auto" and is_finished(cfg.out):
-        with open(os.path.join(cfg.out, "summary.json"), encoding="utf-8") as f:
-            done = json.load(f)
-        if done.get("total_steps") != total_steps:
-            done = None
-    done = broadcast_object(env, done)
+    done = broadcast_object(env, _setup(env, _finished_run, cfg, total_steps) if main else _setup(env, lambda: None))
     if done is not None:
         if main:
             log.info("%s: already finished (%d steps); nothing to do", cfg.out, total_steps)
         return TrainResult(**done)
 
-    resume_path = broadcast_object(env, _setup(env, _resume_path, cfg) if main else _setup(env, lambda: None))
+    candidates = broadcast_object(env, _setup(env, _resume_candidates, cfg) if main else _setup(env, lambda: None))
     if main:
         atomic_write_json(os.path.join(cfg.out, "config.json"), cfg.to_json(), default=str)
 
@@ -291,8 +334,10 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device,
     scheduler = cosine_schedule(optimizer, cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
 
     state = TrainState()
-    if resume_path is not None:
-        state = _setup(env, _resume, model, optimizer, scheduler, resume_path, env)
+    resume_path = None
+    if candidates:
+        state, resume_path = _setup(env, _resume, model, optimizer, scheduler, candidates, env,
+                                    cfg.resume == "auto")
         if main:
             log.info("resumed from %s at step %d (epoch %d, %d examples in)", resume_path, state.step,
                      state.epoch, state.consumed)
@@ -314,6 +359,7 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device,
                                    state.consumed, stats, shard=shard)
             if cfg.prefetch:
                 batches = prefetched(batches, cfg.prefetch)
+            ran_before = run.ran
             try:
                 ended = train_one_epoch(run, batches, bar, log_f, on_step)
             finally:
@@ -326,6 +372,12 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device,
                     res.save()
                 return res
             if ended == EXHAUSTED:
+                if run.ran == ran_before and not state.history:
+                    raise ValueError(
+                        f"data: a whole epoch of {cfg.split} gave no batch with two usable pairs "
+                        f"(every document field with a positive weight, {cfg.field_weights}, was missing or "
+                        f"unreadable); check the images and --image-root, or the field weights\n"
+                        f"{stats.summary()}")
                 state.end_epoch()
     finally:
         bar.close()
@@ -346,18 +398,31 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device,
     return res
 
 
-def _resume(model, optimizer, scheduler, path: str, env: DistEnv) -> TrainState:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"resume: rank {env.rank} cannot read {path!r}; under torchrun --out must be on a file system "
-            f"every process can read (rank 0 writes the checkpoints there)")
-    ck = read_checkpoint(path)
-    train_state = ck["extra"].get("train_state")
-    if not train_state or train_state.get("version") is None:
-        raise ValueError(f"resume: {path!r} has no training state (a final model.pt?); "
-                         f"start a new run with pretrained={path!r} instead")
-    model.load_state_dict(ck["state_dict"])
-    return TrainState.from_checkpoint(train_state, optimizer, scheduler, path, env.rank, env.world)
+def _resume(model, optimizer, scheduler, candidates: List[str], env: DistEnv,
+            fall_back: bool) -> Tuple[TrainState, str]:
+    """Load the newest intact checkpoint of `candidates` (newest first): a damaged or
+    truncated newest one is reported and the previous one used (with `fall_back`)."""
+    for k, path in enumerate(candidates):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"resume: rank {env.rank} cannot read {path!r}; under torchrun --out must be on a file system "
+                f"every process can read (rank 0 writes the checkpoints there)")
+        try:
+            ck = read_checkpoint(path)
+        except CorruptCheckpointError as e:
+            if not fall_back or k + 1 == len(candidates):
+                raise CorruptCheckpointError(
+                    f"{e}; no intact checkpoint to resume from" + ("" if not fall_back else
+                    " (the older ones are damaged too); start a new run directory")) from None
+            log.warning("%s; resuming from the previous checkpoint %s instead", e, candidates[k + 1])
+            continue
+        train_state = ck["extra"].get("train_state")
+        if not train_state or train_state.get("version") is None:
+            raise ValueError(f"resume: {path!r} has no training state (a final model.pt?); "
+                             f"start a new run with pretrained={path!r} instead")
+        model.load_state_dict(ck["state_dict"])
+        return TrainState.from_checkpoint(train_state, optimizer, scheduler, path, env.rank, env.world), path
+    raise AssertionError("no candidates")
 
 
 __all__ = ["train", "evaluate_model", "resolve_device", "Run", "SUMMARY_KEYS"]

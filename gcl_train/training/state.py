@@ -176,6 +176,62 @@ def model_signature(cfg_json: Mapping[str, Any]) -> Dict[str, Any]:
                                          "seed", "shuffle_buffer", "field_mode", "score_column")}
 
 
+# Options that change how a run is watched, not what it trains: a finished run directory
+# is reused when everything else is the same.
+RUN_ONLY_OPTIONS = frozenset({
+    "progress", "stop_after", "log_every", "prefetch", "save_every", "keep_checkpoints", "eval_every",
+    "eval_splits", "eval_queries", "eval_batch_size", "resume", "dist_timeout_minutes", "device",
+})
+
+
+def training_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> List[str]:
+    """The training options on which two configs (`TrainConfig.to_json()`) differ."""
+    keys = (set(saved) | set(current)) - RUN_ONLY_OPTIONS
+    return sorted(k for k in keys if saved.get(k) != current.get(k))
+
+
+class RunLock:
+    """An exclusive, non-blocking `flock` on `<out>/.lock` while a run writes its directory:
+    a second trainer on the same directory is refused instead of interleaving checkpoints.
+    The OS drops the lock when the holder dies, so a killed run never leaves it behind."""
+
+    def __init__(self, out: str):
+        import errno
+        import fcntl
+
+        self.path = os.path.join(out, ".lock")
+        self.fd: Optional[int] = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(self.fd)
+            self.fd = None
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise ValueError(f"out: another gcl-train process is writing to {out!r}; wait for it to "
+                                 f"finish (or stop it), or pass another --out") from None
+            raise
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def clean_stale_temps(out: str) -> List[str]:
+    """Remove the temp files a killed run left while writing a checkpoint or a report
+    (`fileio.atomic_write` names them `.<name>.<random>.tmp`); returns what was removed.
+    Only call it while holding the run directory's lock."""
+    removed = []
+    for d in (out, os.path.join(out, "checkpoints")):
+        for p in glob.glob(os.path.join(d, ".*.tmp")):
+            try:
+                os.unlink(p)
+                removed.append(p)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
 def is_finished(out: str) -> bool:
     """True when `out` holds a finished run (a `summary.json` with finished=true and model.pt)."""
     p = os.path.join(out, "summary.json")
@@ -186,4 +242,5 @@ def is_finished(out: str) -> bool:
 
 
 __all__ = ["STATE_VERSION", "TrainState", "TrainResult", "checkpoint_path", "list_checkpoints",
-           "model_signature", "is_finished", "rng_state", "set_rng_state"]
+           "model_signature", "training_differences", "clean_stale_temps", "RunLock", "is_finished", "rng_state",
+           "set_rng_state"]

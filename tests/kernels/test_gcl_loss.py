@@ -661,3 +661,42 @@ def test_score_scale_edge_cases():
     assert torch.allclose(m.weights_from_scores(torch.tensor([0.5, 0.25])), torch.tensor([1.0, 0.5]))
     with pytest.raises(ValueError, match="exceeds s_max"):
         m.weights_from_scores(torch.tensor([0.6]))
+
+
+def _emulate_cuda_half_products(monkeypatch):
+    """The CUDA path on the CPU: float16 operands (dS rounded to float16), float32 products."""
+    real_mm_into = chunked_mod._mm_into
+
+    def mm_into(out, a, b, alpha, bias=None):
+        if a.dtype == torch.float16:
+            a, b = a.float(), b.float()
+        return real_mm_into(out, a, b, alpha, bias)
+
+    monkeypatch.setattr(chunked_mod, "_operand_dtype", lambda dtype, acc, device: dtype if dtype == torch.float16 else acc)
+    monkeypatch.setattr(chunked_mod, "_mm_into", mm_into)
+
+
+def test_chunked_float16_products_scale_ds_so_small_gradients_survive(monkeypatch):
+    """At B = 4096 dS entries are ~1/B^2, below float16's normal range (6e-5): unscaled
+    they are subnormal with a few bits left or flush to zero; scaled by a power of two
+    they keep float16's 11 bits."""
+    gen = torch.Generator().manual_seed(5)
+    b, d = 4096, 32
+    x = torch.nn.functional.normalize(torch.randn(b, d, generator=gen, dtype=torch.float64), dim=-1)
+    y = torch.nn.functional.normalize(x + 0.3 * torch.randn(b, d, generator=gen, dtype=torch.float64), dim=-1)
+    xr, yr = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
+    gcl_loss(xr, yr, 20.0, impl="reference").backward()
+    _emulate_cuda_half_products(monkeypatch)
+
+    def rel_err():
+        xh = x.half().requires_grad_(True)
+        yh = y.half().requires_grad_(True)
+        chunked_gcl_loss(canonicalize(xh, yh, 20.0), block_elements=1 << 18).backward()
+        return max(float((xh.grad.double() - xr.grad).norm() / xr.grad.norm()),
+                   float((yh.grad.double() - yr.grad).norm() / yr.grad.norm()))
+
+    scaled = rel_err()
+    monkeypatch.setattr(chunked_mod, "_ds_scale", lambda op, alpha, gamma: 1.0)
+    unscaled = rel_err()
+    print("fp16 dS rel err scaled %.2e unscaled %.2e" % (scaled, unscaled))
+    assert scaled < 1e-3 and unscaled > 4 * scaled, (scaled, unscaled)

@@ -19,7 +19,7 @@ so that, for every implementation,
 
     L = sum_{l,r} a[l,r] * ( sum_i row_weights[i] row[i] + sum_j col_weights[j] col[j] )
 
-with row / col as in GCL_SPEC section 1. Direction and normalization are folded into the
+with row / col as in docs/method.md section 1. Direction and normalization are folded into the
 two weight vectors here, once, so no kernel has to know about them. Weights and field
 weights are data, not parameters: they are detached and get no gradient.
 """

@@ -8,8 +8,8 @@ and product group ids, and returns this rank's share of the global loss:
     share_k = c_row/Z * sum_{i in rows of k}    a w[i] row[i]   (its rows against every column)
             + c_col/Z * sum_{j in columns of k} a w[j] col[j]   (its columns against every row)
 
-so that sum_k share_k equals `gcl_loss` on the global batch (GCL_SPEC section 1, in
-docs/method.md): every query is contrasted with the documents of every rank, every
+so that sum_k share_k equals `gcl_loss` on the global batch (docs/method.md section 1):
+every query is contrasted with the documents of every rank, every
 document with the queries of every rank, and a repeated query or product on another
 rank is masked as a false negative. Each rank computes b_k x B_R + b_k x B scores, not
 the whole B x B_R matrix.

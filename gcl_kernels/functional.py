@@ -58,7 +58,7 @@ def gcl_loss(
     impl: str = "auto",
     extra_lhs_groups: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Generalized contrastive loss (GCL_SPEC section 1).
+    """Generalized contrastive loss (docs/method.md section 1).
 
     Args:
         lhs: query-side embeddings, [B, D] or [F_L, B, D] (one slice per field).

@@ -13,7 +13,7 @@ from .weights import KINDS, score_to_weight
 
 
 class GCLLoss(nn.Module):
-    """Generalized contrastive loss over precomputed embeddings (GCL_SPEC sections 1 and 2).
+    """Generalized contrastive loss over precomputed embeddings (docs/method.md sections 1 and 5).
 
     The module holds the options and the logit scale; the caller encodes the batch and
     passes the embeddings (the "compute from embeddings" half of a loss, so the same math

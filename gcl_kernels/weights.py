@@ -1,4 +1,4 @@
-"""Weights for the GCL loss: scores to per-pair weights (GCL_SPEC section 2), and the
+"""Weights for the GCL loss: scores to per-pair weights (docs/method.md section 5), and the
 "mean" multi-field mode that fuses field embeddings into one vector (section 3)."""
 from __future__ import annotations
 
@@ -174,7 +174,7 @@ def fuse_fields(
     field_weights,
     present_mask: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Fuse F field embeddings per item into one unit vector (GCL_SPEC section 3, "mean").
+    """Fuse F field embeddings per item into one unit vector (docs/method.md section 6, "mean").
 
     Each field embedding is L2-normalised, the fields are averaged with the given weights
     (a missing field gets weight 0 and the rest are renormalised to sum to 1), and the mean

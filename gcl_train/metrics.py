@@ -1,4 +1,4 @@
-"""Ranking metrics, vectorised over queries (GCL_SPEC section 5).
+"""Ranking metrics, vectorised over queries (docs/evaluation.md).
 
 `ranking_metrics(qrels, run, ks)` pads every query's ranked list into one [Q, K] relevance
 matrix and computes all metrics with numpy cumulative sums, so 20,000 queries x 1000

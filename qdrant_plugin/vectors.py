@@ -257,7 +257,7 @@ def doc_vectors(
 
     A missing field (``present[f][i]`` False) is left out of the point, counts as cosine 0
     in the weighted concatenation, and gets weight 0 in the fused vector with the other
-    weights renormalised (GCL_SPEC section 3). Its row in ``vectors[f]`` is ignored.
+    weights renormalised (docs/method.md section 6). Its row in ``vectors[f]`` is ignored.
 
     Returns:
         ``({field: [n, D_f] unit rows, main_vector: [n, main_dim]}, {name: [n] bool or None})``.

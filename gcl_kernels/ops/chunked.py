@@ -6,7 +6,7 @@ of S and turns it into the block of dS, then accumulates dx and dy with two matr
 products. Nothing of size B x B_R is ever held: the extra memory is two blocks of
 chunk x B_R values plus O((B + B_R) * (D + F_L * F_R)) vectors and gradient accumulators.
 
-Formulas (GCL_SPEC section 1, with direction and normalization folded into
+Formulas (docs/method.md section 1, with direction and normalization folded into
 row_w = c_row * w / Z and col_w = c_col * w / Z by `canonicalize`):
 
     lse_row[i] = log sum_j exp(S[i, j])      (unmasked j < B_R)
@@ -124,7 +124,7 @@ def _ds_scale(op: torch.dtype, alpha: Optional[torch.Tensor], gamma: Optional[to
 
 
 def _block_mask(lhs_groups, rhs_groups, rows: torch.Tensor, cols: torch.Tensor, b: int):
-    """M[rows, cols] of GCL_SPEC section 1 (True = not a negative), or None without groups."""
+    """M[rows, cols] of docs/method.md section 1 (True = not a negative), or None without groups."""
     if lhs_groups is None and rhs_groups is None:
         return None
     m = torch.zeros(rows.numel(), cols.numel(), dtype=torch.bool, device=rows.device)

@@ -12,7 +12,7 @@ from .._validation import GCLInputs
 
 
 def group_mask(lhs_groups, rhs_groups, b: int, b_r: int, device) -> torch.Tensor | None:
-    """M[i, j] = True where pair (i, j) is not a true negative (GCL_SPEC section 1).
+    """M[i, j] = True where pair (i, j) is not a true negative (docs/method.md section 1).
 
     M[i, j] = (i != j) and ((j < L and lhs_groups[i] == lhs_groups[j])
                             or rhs_groups[i] == rhs_groups[j])

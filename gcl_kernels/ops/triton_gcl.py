@@ -1,4 +1,4 @@
-"""Fused Triton kernels for the GCL loss (GCL_SPEC section 1): forward and backward.
+"""Fused Triton kernels for the GCL loss (docs/method.md section 1): forward and backward.
 
 No kernel ever holds a B x B_R similarity matrix. The forward and the v1 backward compute
 every F_L x F_R field pair from one *stacked* tile: the lhs tile is F_LP row blocks of BM
@@ -371,7 +371,7 @@ def _gcl_fwd_stats_kernel(
     TILE_M: tl.constexpr, TILE_N: tl.constexpr, BK: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr,  # rows / columns per field: TILE_M // F_LP, TILE_N // F_RP
 ):
-    # For every pair p = (l, r), row i < B and column j < B (GCL_SPEC section 1):
+    # For every pair p = (l, r), row i < B and column j < B (docs/method.md section 1):
     #   row[i] = log sum_{j < B_R, kept} exp(S[i, j]),  col[j] = log sum_{i < B, kept} exp(S[i, j])
     # in log2 units; this program covers rows [g*GROUP_ROWS, ...) x columns [c*GROUP_COLS, ...).
     # N_COLS = B_R, or B when there is no row term (no statistic needs columns j >= B).
@@ -1011,7 +1011,7 @@ class _GCLTritonFunction(torch.autograd.Function):
 # Entry point
 # --------------------------------------------------------------------------------------
 def triton_gcl_loss(inp: GCLInputs) -> torch.Tensor:
-    """GCL loss of GCL_SPEC section 1 in fused Triton kernels (impl="triton").
+    """GCL loss of docs/method.md section 1 in fused Triton kernels (impl="triton").
 
     Args:
         inp: canonical inputs from `gcl_kernels._validation.canonicalize` (float32, float16

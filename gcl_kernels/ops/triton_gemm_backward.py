@@ -130,7 +130,7 @@ def _gcl_ds_kernel(
     SPLIT_N: tl.constexpr,  # 1 or 2: the epilogue's column slices
 ):
     # For the block rows [ROW0, ROW0 + ROWS) x columns [COL0, COL0 + COLS) of every field
-    # pair p = (l, r) (GCL_SPEC section 1, weights folded into the biases, log2 units):
+    # pair p = (l, r) (docs/method.md section 1, weights folded into the biases, log2 units):
     #   S2[i, j] = s log2(e) <x[l, i], y[r, j]>, or _MASKED where M[i, j] or padding
     #   dS[i, j] = 2^(S2 - rbias_i) + 2^(S2 - cbias_j) [j < B] - [i == j] dcoef_i
     #   out[p, i - ROW0, j - COL0] = dS[i, j] * 2^k,   dsdot += sum dS * S2 / (s log2 e)

@@ -23,7 +23,7 @@ from typing import Optional, Sequence, Tuple
 
 from ..data.errors import DataFormatError
 from ..data.fields import DEFAULT_LEFT, DEFAULT_RIGHT, FieldSpecs, _as_list, parse_field_specs
-from ..data.marqo_gs import SPLIT_ALIASES, SPLITS, MarqoGSDataset, resolve_split
+from ..data import SPLIT_ALIASES, SPLITS, MarqoGSDataset, resolve_split
 from ..evaluation import CSV_QUERIES, GT_SOURCES, EvalConfig, RandomEncoder, evaluate, file_digest
 from ..metrics import REFERENCE_KS
 from .common import EXIT_OK, ConfigArguments, add_progress_flags, fail, setup_logging

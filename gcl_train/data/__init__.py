@@ -3,7 +3,8 @@
     from gcl_train.data import MarqoGSDataset, FieldSpec, iter_pairs, iter_corpus
     from gcl_train.data.synthetic import write_dataset
 
-See `marqo_gs` for exactly what is read from each file and `fields` for field specs.
+See `pairs` (split CSVs), `corpus` (corpora, ground truth, queries), `layout` (splits)
+and `marqo_gs` (the data set root) for exactly what is read, and `fields` for field specs.
 """
 from .errors import DataFormatError
 from .fields import (
@@ -23,32 +24,25 @@ from .fields import (
     parse_field_specs,
     renormalized_weights,
 )
-from .marqo_gs import (
-    CSV_COLUMNS,
+from .corpus import iter_corpus, read_ground_truth, read_queries
+from .layout import (
     QUERY_KEY_SEPARATOR,
     SPLIT_ALIASES,
     SPLIT_CORPUS,
     SPLIT_NAMES,
     SPLITS,
-    SUBSETS,
-    MarqoGSDataset,
-    PairRecord,
-    ReadStats,
-    iter_corpus,
-    iter_pairs,
     query_key,
-    read_ground_truth,
-    read_queries,
     resolve_split,
     split_query_key,
 )
+from .marqo_gs import MarqoGSDataset
+from .pairs import PairRecord, ReadStats, check_score, iter_pairs
 
 __all__ = [
-    "CSV_COLUMNS", "DEFAULT_DOC_FIELD_WEIGHTS", "DEFAULT_LEFT", "DEFAULT_RIGHT", "DOC_FIELDS",
-    "DOC_FIELD_NAMES", "DataFormatError", "DocField", "FieldSpec", "FieldSpecs", "doc_field",
-    "doc_field_specs",
+    "DEFAULT_DOC_FIELD_WEIGHTS", "DEFAULT_LEFT", "DEFAULT_RIGHT", "DOC_FIELDS", "DOC_FIELD_NAMES",
+    "DataFormatError", "DocField", "FieldSpec", "FieldSpecs", "doc_field", "doc_field_specs",
     "MarqoGSDataset", "PairRecord", "QUERY_KEY_SEPARATOR", "ReadStats", "SPLITS", "SPLIT_ALIASES",
-    "SPLIT_CORPUS", "SPLIT_NAMES", "SUBSETS", "check_field_specs", "fuse_embeddings", "is_missing",
+    "SPLIT_CORPUS", "SPLIT_NAMES", "check_field_specs", "check_score", "fuse_embeddings", "is_missing",
     "iter_corpus", "iter_pairs", "parse_field_specs", "query_key", "read_ground_truth", "read_queries",
     "renormalized_weights", "resolve_split", "split_query_key",
 ]

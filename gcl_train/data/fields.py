@@ -6,7 +6,7 @@ They mirror the reference evaluation's flags (marqo-ai/GCL `evals/eval_gs_v1.py`
     --img-or-txt "[['txt'], ['img', 'txt']]"  --left-weights "[1]"  --right-weights "[0.9, 0.1]"
 
 A record's field weights are the spec weights with every *missing* field set to 0 and the
-rest renormalised to sum 1 (GCL_SPEC section 3). A value is missing when it is None, a NaN
+rest renormalised to sum 1 (docs/method.md section 6). A value is missing when it is None, a NaN
 float, an empty or all-blank string, the literal strings "nan"/"none"/"null" that pandas
 and CSV exports write for missing cells, or (for images, when the caller checks) a path
 that does not exist or bytes that do not decode. A record with no present field at all
@@ -256,7 +256,7 @@ def renormalized_weights(specs: Sequence[FieldSpec], present: Iterable[bool]) ->
 
 
 def fuse_embeddings(field_vectors: np.ndarray, weights: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Weighted mean of L2-normalised field embeddings, renormalised (GCL_SPEC section 3).
+    """Weighted mean of L2-normalised field embeddings, renormalised (docs/method.md section 6).
 
     A numpy twin of the fusion `gcl_kernels` does on tensors; rows whose weights are all
     zero come back as zero vectors (callers treat them as unusable).

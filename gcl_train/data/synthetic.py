@@ -53,7 +53,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..fileio import atomic_write
-from .marqo_gs import QUERY_KEY_SEPARATOR, SPLITS, resolve_split
+from .layout import QUERY_KEY_SEPARATOR, SPLITS, resolve_split
 
 log = logging.getLogger(__name__)
 META_FILE = "synthetic_meta.json"
@@ -671,7 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = {k: v.default for k, v in inspect.signature(write_dataset).parameters.items()}
     ap = argparse.ArgumentParser(prog="python -m gcl_train.data.synthetic",
                                  description="Write a synthetic MarqoGS-format data set: the layout "
-                                             "gcl_train/data/marqo_gs.py reads, used as in docs/training.md.")
+                                             "gcl_train/data/pairs.py reads, used as in docs/training.md.")
     ap.add_argument("--out", required=True, metavar="DIR", help="output directory (created)")
     ap.add_argument("--queries", type=int, metavar="N", default=d["n_queries"],
                     help="distinct queries, 80%% training and 20%% novel (default: %(default)s)")

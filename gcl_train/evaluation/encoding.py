@@ -15,7 +15,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..data.fields import DEFAULT_RIGHT, FieldSpecs, check_field_specs, fuse_embeddings, is_missing
-from ..data.marqo_gs import MarqoGSDataset
+from ..data import MarqoGSDataset
 from .embeddings import EmbeddingTable, _RowWriter
 from .protocols import EncoderProtocol, FieldLike
 

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from ..data.errors import DataFormatError
 from ..data.fields import DEFAULT_LEFT, FieldSpecs, check_field_specs
-from ..data.marqo_gs import (
+from ..data import (
     QUERY_KEY_SEPARATOR,
     MarqoGSDataset,
     ReadStats,

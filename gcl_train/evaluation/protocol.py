@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..data.errors import DataFormatError
-from ..data.marqo_gs import SPLIT_CORPUS, SPLIT_NAMES, SPLITS, MarqoGSDataset, resolve_split
+from ..data import SPLIT_CORPUS, SPLIT_NAMES, SPLITS, MarqoGSDataset, resolve_split
 from ..data.synthetic import intended_missing as synthetic_intended_missing
 from ..metrics import chance_metrics, ranking_metrics
 from .cache import CACHE_VERSION, ArtefactStore, file_stamp, table_digest

@@ -11,10 +11,10 @@
 The data set has two text columns, (anchor, positive), optionally more text columns of
 hard negatives, and a score column named "score" or "label" (sentence-transformers hands
 that column to the loss as `labels`). Each row's weight is `score_to_weight(score,
-weight_fn, s_max, **weight_params)` (GCL_SPEC section 2; "constant" is plain InfoNCE,
+weight_fn, s_max, **weight_params)` (docs/method.md section 5; "constant" is plain InfoNCE,
 i.e. `MultipleNegativesSymmetricRankingLoss`-like with direction "both").
 
-Group masking (GCL_SPEC section 1): MarqoGS-style data repeats a query over many rows and
+Group masking (docs/method.md section 1): MarqoGS-style data repeats a query over many rows and
 a product over many queries, so a batch often holds the same query text, or the same
 document text, twice. Those pairs are not negatives of each other: with `use_groups`
 (default) two rows whose anchor texts tokenize identically share a query group and two

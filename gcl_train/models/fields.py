@@ -1,4 +1,4 @@
-"""Document fields in the model (GCL_SPEC section 3 in docs/method.md): field-weight
+"""Document fields in the model (docs/method.md section 6): field-weight
 vectors in `DOC_FIELD_NAMES` order and the fusion of field embeddings ("mean") or their
 pairing ("pairs")."""
 from __future__ import annotations
@@ -33,7 +33,7 @@ def field_weight_vector(field_weights: Optional[Mapping[str, float]] = None,
 
 def combine_document_fields(fields: torch.Tensor, present: Optional[torch.Tensor],
                             mode: str, field_weights: torch.Tensor) -> torch.Tensor:
-    """Fuse ("mean") or keep apart ("pairs") the document fields (GCL_SPEC section 3).
+    """Fuse ("mean") or keep apart ("pairs") the document fields (docs/method.md section 6).
 
     "mean": the weighted mean of the unit field embeddings, missing fields weight 0 and
     the rest renormalised, then L2-normalised: [B, D]. "pairs": [F, B, D] as is, except that

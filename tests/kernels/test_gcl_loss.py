@@ -572,7 +572,7 @@ def test_chunked_refuses_double_backward(gen):
 # --------------------------------------------------------------------------- lhs groups for extra columns
 
 def _brute_force_loss(x, y, s, w, a, lg, rg, c_row, c_col, z):
-    """GCL_SPEC section 1 written out element by element; lg may run past B into the
+    """docs/method.md section 1 written out element by element; lg may run past B into the
     extra columns (lhs_groups followed by extra_lhs_groups)."""
     f_l, b, _ = x.shape
     f_r, b_r, _ = y.shape

@@ -686,7 +686,7 @@ def test_every_gpu_config(monkeypatch, kernel, index, layout):
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 @pytest.mark.parametrize("mode", ["gemm", "gemm_cols"])
 def test_gpu_memory(mode, monkeypatch):
-    # GCL_SPEC: O((B + B_R) D) beyond inputs and gradients, plus one block of dS. At the
+    # docs/method.md: O((B + B_R) D) beyond inputs and gradients, plus one block of dS. At the
     # issue's size, B = 65536, D = 768, bf16: the naive loss holds at least three bf16 B x B
     # matrices (24 GiB); the bench's summary compares with the naive loss as measured.
     monkeypatch.setenv("GCL_TRITON_BACKWARD", mode)

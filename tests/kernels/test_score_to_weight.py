@@ -1,4 +1,4 @@
-"""score_to_weight: the GCL_SPEC section 2 table, input types, ranges and bad input."""
+"""score_to_weight: the docs/method.md section 5 table, input types, ranges and bad input."""
 import math
 
 import numpy as np

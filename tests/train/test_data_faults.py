@@ -13,7 +13,7 @@ import pytest
 from gcl_train.data import (
     DataFormatError, MarqoGSDataset, ReadStats, iter_corpus, iter_pairs, read_ground_truth, read_queries,
 )
-from gcl_train.data import jsonstream, marqo_gs
+from gcl_train.data import jsonstream, pairs
 from gcl_train.data.jsonstream import iter_json_lines, iter_json_members
 
 H = "query,product_id,score_linear\n"
@@ -115,7 +115,7 @@ def test_gzip_content_without_gz_suffix_is_read(tmp_path):
 # ---------------------------------------------------------------------------------------
 
 def test_check_score():
-    from gcl_train.data.marqo_gs import check_score
+    from gcl_train.data import check_score
 
     assert check_score("f.csv", 3, "score_linear", "12.5") == 12.5
     assert check_score("f.csv", 3, "score_linear", 7) == 7.0 and check_score("f.csv", 3, "s", 0) == 0.0
@@ -206,7 +206,7 @@ def test_utf16_and_latin1_files_get_a_hint(tmp_path):
 
 
 def test_huge_record_is_refused_not_slurped(tmp_path, monkeypatch):
-    monkeypatch.setattr(marqo_gs, "MAX_RECORD_BYTES", 1 << 16)
+    monkeypatch.setattr(pairs, "MAX_RECORD_BYTES", 1 << 16)
     monkeypatch.setattr(jsonstream, "MAX_VALUE_CHARS", 1 << 16)
     path = write(tmp_path / "s.csv", H + "q,p,1\nq," + "x" * (1 << 17) + ",2\n")
     with pytest.raises(DataFormatError, match=r"s\.csv:3: a record longer than"):

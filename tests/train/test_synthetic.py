@@ -245,14 +245,19 @@ def test_cli_help_shows_every_default_once_and_cites_files_in_the_repo(capsys):
     assert "(default: 100)" in blocks["--docs-per-query"] and "(default: 0)" in blocks["--seed"]
     assert "(default: 0.01)" in blocks["--missing-title-rate"]
     assert all(b.count("default") <= 1 for b in blocks.values()), blocks
+    import gcl_train.data.corpus
     import gcl_train.data.errors
     import gcl_train.data.jsonstream
+    import gcl_train.data.layout
     import gcl_train.data.marqo_gs
+    import gcl_train.data.pairs
     import gcl_train.data.synthetic
     import inspect
 
     for text in [out] + [inspect.getsource(m) for m in (gcl_train.data.errors, gcl_train.data.jsonstream,
-                                                          gcl_train.data.marqo_gs, gcl_train.data.synthetic)]:
+                                                          gcl_train.data.marqo_gs, gcl_train.data.synthetic,
+                                                          gcl_train.data.pairs, gcl_train.data.corpus,
+                                                          gcl_train.data.layout)]:
         assert "GCL_SPEC" not in text
 
 

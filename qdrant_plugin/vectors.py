@@ -411,7 +411,7 @@ def query_fields(schema: IndexSchema, query: Any, batch: bool) -> Tuple[Dict[str
     shape = "[Q, D]" if batch else "[D]"
     if isinstance(query, dict) or (not isinstance(query, np.ndarray) and isinstance(query, Mapping)):
         if not query:
-            raise ValueError(f"query: expected at least one field vector, got an empty mapping")
+            raise ValueError("query: expected at least one field vector, got an empty mapping")
         unknown = sorted(set(query) - set(names))
         if unknown:
             raise ValueError(f"query: unknown field(s) {unknown}; the index has fields {list(names)}")

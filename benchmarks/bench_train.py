@@ -162,12 +162,15 @@ def _run_config(spec: Dict, procs: int, timeout: float) -> Dict:
     return {"times": times, "extra": max(p["extra"] for p in parts), "base": max(p["base"] for p in parts)}
 
 
-def _ensure_data(path: str, pairs: int) -> str:
+def _ensure_data(root: str, pairs: int) -> str:
+    """A synthetic data set whose training split holds at least `pairs` pairs (written
+    once per size under `root`)."""
     from gcl_train.data.synthetic import write_dataset
 
-    meta = os.path.join(path, "synthetic_meta.json")
-    if not os.path.isfile(meta):
-        write_dataset(path, n_queries=max(40, pairs // 40), docs_per_query=40, seed=0, image_size=32, progress=False)
+    n_queries = max(40, 2 * pairs // 40 + 10)  # the training split holds ~80% of the queries
+    path = os.path.join(root, f"q{n_queries}_d40")
+    if not os.path.isfile(os.path.join(path, "synthetic_meta.json")):
+        write_dataset(path, n_queries=n_queries, docs_per_query=40, seed=0, image_size=32, progress=False)
     return path
 
 

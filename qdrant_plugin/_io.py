@@ -95,6 +95,26 @@ def free_bytes(path: str) -> int:
     return int(shutil.disk_usage(path).free)
 
 
+def _file_stats(directory: str):
+    """`os.stat` of every regular file below `directory` (files removed meanwhile are skipped)."""
+    stack = [directory]
+    while stack:
+        d = stack.pop()
+        try:
+            it = os.scandir(d)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        with it:
+            for e in it:
+                try:
+                    if e.is_dir(follow_symlinks=False):
+                        stack.append(e.path)
+                    elif e.is_file(follow_symlinks=False):
+                        yield e.stat(follow_symlinks=False)
+                except FileNotFoundError:  # the engine removed it meanwhile
+                    continue
+
+
 def sparse_bytes(directory: str) -> int:
     """Bytes the files under ``directory`` may still claim from the disk without growing.
 
@@ -102,47 +122,12 @@ def sparse_bytes(directory: str) -> int:
     writes them through ``mmap``; filling such a hole on a full disk kills the process
     with SIGBUS instead of raising an error, so free space must cover the holes too.
     """
-    total = 0
-    stack = [directory]
-    while stack:
-        d = stack.pop()
-        try:
-            it = os.scandir(d)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        with it:
-            for e in it:
-                try:
-                    if e.is_dir(follow_symlinks=False):
-                        stack.append(e.path)
-                    elif e.is_file(follow_symlinks=False):
-                        st = e.stat(follow_symlinks=False)
-                        total += max(0, st.st_size - st.st_blocks * 512)
-                except FileNotFoundError:  # the engine removed it meanwhile
-                    continue
-    return total
+    return sum(max(0, st.st_size - st.st_blocks * 512) for st in _file_stats(directory))
 
 
 def used_bytes(directory: str) -> int:
     """Bytes the files under ``directory`` occupy on disk (like ``du``)."""
-    total = 0
-    stack = [directory]
-    while stack:
-        d = stack.pop()
-        try:
-            it = os.scandir(d)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        with it:
-            for e in it:
-                try:
-                    if e.is_dir(follow_symlinks=False):
-                        stack.append(e.path)
-                    elif e.is_file(follow_symlinks=False):
-                        total += e.stat(follow_symlinks=False).st_blocks * 512
-                except FileNotFoundError:
-                    continue
-    return total
+    return sum(st.st_blocks * 512 for st in _file_stats(directory))
 
 
 def human_bytes(n: float) -> str:

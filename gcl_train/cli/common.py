@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import math
 import sys
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -91,6 +91,26 @@ def finite_float(text: str) -> float:
     if not math.isfinite(v):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return v
+
+
+def int_at_least(low: int, also: Optional[int] = None, what: str = "") -> Callable[[str], int]:
+    """An argparse `type=` for an int >= `low` (or equal to `also`, e.g. -1 for "all")."""
+    want = what or (f"an int >= {low}" + (f" or {also}" if also is not None else ""))
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
+        if v < low and v != also:
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}")
+        return v
+
+    parse.__name__ = "int"
+    return parse
+
+
+positive_int = int_at_least(1, what="a positive int")
 
 
 def add_progress_flags(parser: argparse.ArgumentParser) -> None:
@@ -168,6 +188,6 @@ class ConfigArguments:
 
 __all__ = [
     "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_TOLERANCE", "ConfigArguments", "add_progress_flags",
-    "fail", "field_default", "finite_float", "format_default", "key_values", "key_values_type",
-    "setup_logging",
+    "fail", "field_default", "finite_float", "format_default", "int_at_least", "key_values", "key_values_type",
+    "positive_int", "setup_logging",
 ]

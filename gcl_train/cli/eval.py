@@ -26,7 +26,7 @@ from ..data.fields import DEFAULT_LEFT, DEFAULT_RIGHT, FieldSpecs, _as_list, par
 from ..data import SPLIT_ALIASES, SPLITS, MarqoGSDataset, resolve_split
 from ..evaluation import CSV_QUERIES, GT_SOURCES, EvalConfig, RandomEncoder, evaluate, file_digest
 from ..metrics import REFERENCE_KS
-from .common import EXIT_OK, ConfigArguments, add_progress_flags, fail, setup_logging
+from .common import EXIT_OK, ConfigArguments, add_progress_flags, fail, int_at_least, positive_int, setup_logging
 
 PROG = "gcl-eval"
 DTYPES = ("float32", "float16")
@@ -46,24 +46,7 @@ def _int_list(text: str) -> Tuple[int, ...]:
     return values
 
 
-def _query_count(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive int or -1 (all), got {text!r}") from None
-    if v < 1 and v != -1:
-        raise argparse.ArgumentTypeError(f"expected a positive int or -1 (all), got {text!r}")
-    return v
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}")
-    return v
+_query_count = int_at_least(1, also=-1, what="a positive int or -1 (all)")
 
 
 def _ref_list(values) -> str:
@@ -116,7 +99,7 @@ def _parser() -> Tuple[argparse.ArgumentParser, ConfigArguments]:
             help="test queries per split, sampled without replacement with probability proportional to "
                  "their summed relevance (-1: all)")
     cfg.add(g, "--seed", "seed", type=int, help="query sampling seed (numpy RandomState, as pandas' sample)")
-    cfg.add(g, "--top-k", "top_k", type=_positive_int, help="documents retrieved per query, and ground-truth depth")
+    cfg.add(g, "--top-k", "top_k", type=positive_int, help="documents retrieved per query, and ground-truth depth")
     cfg.add(g, "--ks", "ks", type=_int_list, default=None,
             show_default="the reference's cut-offs " + ", ".join(str(k) for k in REFERENCE_KS) + " up to --top-k",
             help="metric cut-offs")
@@ -138,9 +121,9 @@ def _parser() -> Tuple[argparse.ArgumentParser, ConfigArguments]:
                         f"(default: {_ref_list(s.weight for s in DEFAULT_RIGHT)}; all 1 for other keys)")
 
     g = ap.add_argument_group("compute")
-    cfg.add(g, "--batch-size", "batch_size", type=_positive_int, help="values per encoder call")
-    cfg.add(g, "--query-block", "query_block", type=_positive_int, help="queries per block of exact retrieval")
-    cfg.add(g, "--doc-block", "doc_block", type=_positive_int, help="documents per block of exact retrieval")
+    cfg.add(g, "--batch-size", "batch_size", type=positive_int, help="values per encoder call")
+    cfg.add(g, "--query-block", "query_block", type=positive_int, help="queries per block of exact retrieval")
+    cfg.add(g, "--doc-block", "doc_block", type=positive_int, help="documents per block of exact retrieval")
     cfg.add(g, "--dtype", "dtype", choices=DTYPES, help="storage dtype of the cached corpus embeddings")
     g.add_argument("--float16", dest="dtype", action="store_const", const="float16",
                    help="same as --dtype float16")

@@ -48,12 +48,11 @@ from qdrant_plugin.ingest import ArraySource, BatchSource, file_fingerprint, ing
 from qdrant_plugin.ingest import Batch as IngestBatch
 from qdrant_plugin.retriever import QdrantRetriever
 
-from ..data import DOC_FIELD_NAMES, DOC_FIELDS, MarqoGSDataset, doc_field, is_missing
+from ..data import DOC_FIELD_NAMES, MarqoGSDataset, doc_field
 from .common import (
     EXIT_ERROR,
     EXIT_OK,
     EXIT_TOLERANCE,
-    EXIT_USAGE,
     add_progress_flags,
     fail,
     finite_float,

@@ -2,7 +2,7 @@
 and apply `gcl_kernels.GCLLoss` with the model's own logit scale (docs/method.md)."""
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Tuple
+from typing import Mapping, Optional, Tuple
 
 import torch
 

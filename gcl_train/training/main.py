@@ -36,7 +36,7 @@ from .distributed import (
     shard_bounds,
     shutdown,
 )
-from .loop import DONE, EXHAUSTED, STOPPED, train_one_epoch
+from .loop import EXHAUSTED, STOPPED, train_one_epoch
 from .loss import loss_module
 from .optim import build_optimizer, cosine_schedule
 from .state import (

@@ -28,7 +28,7 @@ LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 
 def key_values(text: str, what: str, allowed: Optional[Iterable[str]] = None,
-               positive_sum: bool = False, noun: str = "value") -> Dict[str, float]:
+               positive_sum: bool = False, noun: str = "value", non_negative: bool = False) -> Dict[str, float]:
     """Parse "a=1,b=0.5" into {"a": 1.0, "b": 0.5}.
 
     Every value must be a finite number; a key given twice, an unknown key (when
@@ -64,6 +64,8 @@ def key_values(text: str, what: str, allowed: Optional[Iterable[str]] = None,
             raise ValueError(f"{what}: {key!r} has a non-numeric {noun} {value.strip()!r}") from None
         if not math.isfinite(v):
             raise ValueError(f"{what}: {key!r} has a non-finite {noun} {value.strip()!r}")
+        if non_negative and v < 0:
+            raise ValueError(f"{what}: {key!r} has a negative {noun} {value.strip()!r}; expected values >= 0")
         out[key] = v
     if positive_sum and out and sum(out.values()) <= 0:
         raise ValueError(f"{what}: expected at least one positive value, got {text!r}")

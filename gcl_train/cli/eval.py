@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import logging
 import os
 import sys
@@ -22,7 +23,7 @@ import uuid
 from typing import Optional, Sequence, Tuple
 
 from ..data.errors import DataFormatError
-from ..data.fields import DEFAULT_LEFT, DEFAULT_RIGHT, FieldSpecs, _as_list, parse_field_specs
+from ..data.fields import DEFAULT_LEFT, DEFAULT_RIGHT, FieldSpecs, _as_list, doc_field_specs, parse_field_specs
 from ..data import SPLIT_ALIASES, SPLITS, MarqoGSDataset, resolve_split
 from ..evaluation import CSV_QUERIES, GT_SOURCES, EvalConfig, RandomEncoder, evaluate, file_digest
 from ..metrics import REFERENCE_KS
@@ -222,6 +223,17 @@ def _encoder(a: argparse.Namespace):
     return enc, encoder_id, a.label or a.model + (f" ({a.pretrained})" if a.pretrained else " (untrained)")
 
 
+def _for_model(config: EvalConfig, encoder, a: argparse.Namespace) -> EvalConfig:
+    """Without document-field options, a text-only model (a Hugging Face folder) is
+    evaluated on titles alone: its documents are what it was trained on."""
+    bundle = getattr(encoder, "bundle", None)
+    given = any(v is not None for v in (a.right_keys, a.right_weights, a.img_or_txt))
+    if bundle is None or given or bundle.has_image_tower:
+        return config
+    log.info("%s is text-only: documents are their titles (pass --right-keys to choose)", bundle.name)
+    return dataclasses.replace(config, right=doc_field_specs(bundle.default_field_weights)).validate()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the `gcl-eval` console script; returns the exit status."""
     ap, cfg_args = _parser()
@@ -234,6 +246,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         ds = MarqoGSDataset(a.data, image_root=a.image_root)
         encoder, encoder_id, label = _encoder(a)
+        config = _for_model(config, encoder, a)
         report = evaluate(ds, splits, encoder=encoder, embeddings=a.embeddings, config=config, out_dir=a.out,
                           progress=not a.quiet, resume=a.resume, save_runs=a.save_runs, encoder_id=encoder_id,
                           label=label)

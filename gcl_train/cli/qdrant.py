@@ -25,6 +25,7 @@ outside tolerance.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import faulthandler
 import json
 import logging
@@ -48,7 +49,7 @@ from qdrant_plugin.ingest import ArraySource, BatchSource, file_fingerprint, ing
 from qdrant_plugin.ingest import Batch as IngestBatch
 from qdrant_plugin.retriever import QdrantRetriever
 
-from ..data import DOC_FIELD_NAMES, MarqoGSDataset, doc_field
+from ..data import DOC_FIELD_NAMES, MarqoGSDataset, doc_field, doc_field_specs
 from .common import (
     EXIT_ERROR,
     EXIT_OK,
@@ -250,7 +251,10 @@ def cmd_ingest(a) -> int:
         if not (a.data and a.checkpoint):
             raise ValueError("give --vectors FIELD=PATH.npy ... --ids PATH, or --data ROOT --checkpoint PATH")
         enc = _encoder(a)
-        fields = [f.strip() for f in a.fields.split(",") if f.strip()]
+        if a.fields is None:  # the fields the model encodes: a text-only model has titles only
+            fields = [f for f, w in enc.bundle.default_field_weights.items() if w > 0]
+        else:
+            fields = [f.strip() for f in a.fields.split(",") if f.strip()]
         src = CorpusSource(a.data, a.corpus, enc, a.checkpoint, a.image_root, fields)
         dims = {f: enc.dim for f in fields}
     kw: Dict[str, Any] = {"mode": a.mode, **_index_options(a)}
@@ -318,6 +322,8 @@ def cmd_eval(a) -> int:
                      ks=tuple(k for k in (1, 5, 10, 100, 1000) if k <= a.top_k) or (a.top_k,))
     splits = "all" if a.splits == "all" else [s.strip() for s in a.splits.split(",") if s.strip()]
     encoder = _encoder(a) if a.checkpoint else None
+    if encoder is not None and not encoder.bundle.has_image_tower:  # a text-only model: documents are titles
+        cfg = dataclasses.replace(cfg, right=doc_field_specs(encoder.bundle.default_field_weights)).validate()
     encoder_id = f"checkpoint sha256:{file_digest(a.checkpoint)}" if a.checkpoint else None
     exact_dir = os.path.join(a.out, "exact")
     exact = evaluate(ds, splits, encoder=encoder, embeddings=a.embeddings, config=cfg, out_dir=exact_dir,
@@ -403,8 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", default="1", help="corpus number or name (default: %(default)s)")
     p.add_argument("--image-root", default=None, help="where relative image paths live (default: --data)")
     p.add_argument("--checkpoint", help="gcl_train checkpoint that encodes the corpus")
-    p.add_argument("--fields", default=",".join(DOC_FIELD_NAMES),
-                   help=f"corpus fields to index, from {list(DOC_FIELD_NAMES)} (default: %(default)s)")
+    p.add_argument("--fields", default=None,
+                   help=f"corpus fields to index, from {list(DOC_FIELD_NAMES)} (default: the model's: "
+                        f"{','.join(DOC_FIELD_NAMES)}, or title for a text-only model)")
     p.add_argument("--vectors", action="append", metavar="FIELD=PATH.npy", help="precomputed [N, D] field vectors")
     p.add_argument("--ids", help="ids for --vectors: a JSON list (strings; integers are read as their decimal "
                                  "string) or one id per line")

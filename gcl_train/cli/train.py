@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add(g, "--field-mode", "field_mode", "mean: one fused document vector; pairs: a softmax per field",
           choices=FIELD_MODES)
     c.add(g, "--field-weights", "field_weights", "document field weights",
-          type=key_values_type("--field-weights", allowed=DOC_FIELD_NAMES, positive_sum=True, noun="weight"))
+          type=key_values_type("--field-weights", allowed=DOC_FIELD_NAMES, positive_sum=True, noun="weight",
+                               non_negative=True))
     c.add(g, "--direction", "direction", "which softmax directions", choices=DIRECTIONS)
     c.add(g, "--normalize", "normalize", "divide by the batch size or by the sum of weights",
           choices=NORMALIZATIONS)

@@ -303,6 +303,7 @@ def iter_pairs(
     on_missing: str = "skip",
     columns: Optional[Sequence[str]] = None,
     numeric: Sequence[str] = (),
+    report: bool = True,
 ) -> Iterator[PairRecord]:
     """Stream the rows of a split file as `PairRecord`s, one at a time.
 
@@ -312,6 +313,8 @@ def iter_pairs(
             counted in `stats` and skipped (or raises, with on_missing="raise").
         optional: columns whose absence is only counted (e.g. "title", "image_local").
         stats: filled while reading (rows, skipped with reasons and lines, missing).
+        report: log the summary of skipped rows as a warning when the file is done
+            (False: the caller reports `stats` itself, e.g. once for many passes).
         on_missing: "skip" (count and leave out) or "raise".
         columns: parse only these columns (plus query, product_id, required,
             optional and numeric); the others stay None. Saves time on
@@ -351,7 +354,7 @@ def iter_pairs(
         yield from _iter_parquet(path, required, optional, stats, on_missing, numeric)
     else:
         yield from _iter_csv(path, required, optional, stats, on_missing, columns, numeric)
-    if stats.n_skipped:
+    if stats.n_skipped and report:
         log.warning("%s", stats.summary())
 
 

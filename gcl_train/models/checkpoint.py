@@ -211,8 +211,9 @@ def read_checkpoint(path: Union[str, os.PathLike], map_location="cpu") -> Dict[s
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated or foreign files
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CorruptCheckpointError(f"checkpoint: {path!r} could not be read as a torch file "
-                                     f"(truncated, damaged or not a checkpoint): {e}") from None
+                                     f"(truncated, damaged or not a checkpoint): {first}") from None
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"checkpoint: {path!r} is not a {CHECKPOINT_FORMAT} file "
                          f"(for plain open_clip weights use create_model(..., pretrained=path))")

@@ -120,7 +120,10 @@ class TrainConfig:
         if not isinstance(self.out, str) or not self.out:
             raise ValueError(f"out: expected a run directory path, got {self.out!r}")
         self.split = resolve_split(self.split)
-        self.eval_splits = tuple(resolve_split(s) for s in self.eval_splits)
+        try:
+            self.eval_splits = tuple(resolve_split(s) for s in self.eval_splits)
+        except ValueError as e:
+            raise ValueError(f"eval_splits: {e}") from None
         if self.score_column not in SCORE_COLUMNS:
             raise ValueError(f"score_column: expected one of {SCORE_COLUMNS}, got {self.score_column!r}")
         pos_int("epochs", self.epochs)

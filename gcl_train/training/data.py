@@ -138,7 +138,7 @@ class TrainingData:
     score_column: str
     field_weights: Mapping[str, float]
 
-    def examples(self, stats: Optional[ReadStats] = None) -> Iterator[Example]:
+    def examples(self, stats: Optional[ReadStats] = None, report: bool = False) -> Iterator[Example]:
         """The split's pairs in file order as `Example`s (rows without a usable document
         field, or without a score, are counted in `stats` and left out). A score that is
         not a finite number >= 0 is a `DataFormatError` naming the file and line (the
@@ -146,7 +146,8 @@ class TrainingData:
         stats = stats if stats is not None else ReadStats()
         col = self.score_column
         for rec in self.dataset.iter_pairs(self.split, required=("query", "product_id", col),
-                                           optional=("title", "image_local"), stats=stats, numeric=(col,)):
+                                           optional=("title", "image_local"), stats=stats, numeric=(col,),
+                                           report=report):
             if not _usable(rec, self.dataset, self.field_weights, check_images=False):
                 stats.note_skip("no usable document field (title or image) with positive weight", rec.line)
                 continue
@@ -175,6 +176,8 @@ class TrainingData:
                 queries.add(ex.query_id)
         if n == 0:
             raise ValueError(f"data: split file {path} has no usable training rows\n{stats.summary()}")
+        if stats.n_skipped:
+            _report_skips(self.dataset.root, self.split, stats, self.field_weights)
         out = {"key": key, "rows": stats.rows, "usable": n, "skipped": dict(stats.skipped),
                "score_max": s_max, "score_min": s_min, "queries": len(queries)}
         if cache_path:
@@ -238,6 +241,22 @@ class TrainingData:
             log.warning("skipping a batch: %s", e)
             return None
         return batch if len(batch) >= 2 else None
+
+
+def _report_skips(root: str, split: str, stats: ReadStats, field_weights: Mapping[str, float]) -> None:
+    """Say once (at the scan, not every epoch) which rows training leaves out. When the data
+    set is synthetic, leaves fields out on purpose, and no more rows are left out than
+    those gaps explain, say so, at INFO; anything else is a WARNING."""
+    from ..data.synthetic import intended_missing, intended_missing_note
+
+    info = (intended_missing(root) or {}).get(split) or {}
+    fields = [f for f in ("title", "image") if field_weights.get(f, 0) > 0]
+    explained = sum(int(info.get(f, 0)) for f in fields)
+    notes = [n for n in (intended_missing_note(root, split, f) for f in fields) if n]
+    if notes and stats.n_skipped <= explained:
+        log.info("%s\n  (%s)", stats.summary(), "; ".join(notes))
+    else:
+        log.warning("%s", stats.summary())
 
 
 def steps_per_epoch(usable: int, batch_size: int) -> int:

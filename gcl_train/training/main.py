@@ -306,6 +306,10 @@ def _train_locked(cfg: TrainConfig, env: DistEnv, device: torch.device,
     scan = broadcast_object(env, _setup(env, data.scan, os.path.join(cfg.out, "data_scan.json")) if main
                             else _setup(env, lambda: None))
     s_max = float(cfg.s_max) if cfg.s_max is not None else float(scan["score_max"])
+    if cfg.s_max is not None and float(scan["score_max"]) > s_max and cfg.weight_fn != "constant":
+        raise ConfigConflict(f"s_max: {s_max:g} is below the largest {cfg.score_column} in {cfg.split}, "
+                             f"{scan['score_max']:g}: weights would exceed 1; leave --s-max out (it defaults to "
+                             f"the largest score) or pass at least {scan['score_max']:g}")
     if s_max <= 0:
         raise ValueError(f"s_max: the largest {cfg.score_column} in the split is {s_max}; "
                          f"pass a positive s_max (or another score_column)")
@@ -384,8 +388,6 @@ def _train_locked(cfg: TrainConfig, env: DistEnv, device: torch.device,
         if log_f is not None:
             log_f.close()
     state.close_history()  # stopped by max_steps inside an epoch
-    if stats.n_skipped and main:
-        log.warning("%s", stats.summary())
     run.evaluate()
     run.last_checkpoint = run.save()
     model_path = os.path.join(cfg.out, "model.pt")

@@ -176,3 +176,17 @@ def test_disk_full_while_saving_is_one_line_and_leaves_no_partial_file(data_root
     assert err.startswith("gcl-train: error: No space left on device") and err.count("\n") == 1
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
     assert not (out / "checkpoints").exists() or not list((out / "checkpoints").iterdir())
+
+
+def test_second_pass_bad_options_name_the_problem(data_root, tmp_path, capsys):
+    assert main(_args(data_root, tmp_path / "a", "--s-max", "50", "--max-steps", "1")) == 2
+    assert "s_max: 50 is below the largest score_linear" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(_args(data_root, tmp_path / "b", "--field-weights", "title=-1,image=1"))
+    assert e.value.code == 2 and "'title' has a negative weight" in capsys.readouterr().err
+    assert main(_args(data_root, tmp_path / "c", "--eval-splits", "bogus")) == 2
+    assert "eval_splits: split: expected one of" in capsys.readouterr().err
+    (tmp_path / "not_a_checkpoint.txt").write_text("hello")
+    assert main(_args(data_root, tmp_path / "d", "--resume", str(tmp_path / "not_a_checkpoint.txt"))) == 1
+    err = capsys.readouterr().err
+    assert "could not be read as a torch file" in err and err.count("\n") == 1

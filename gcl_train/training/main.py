@@ -52,7 +52,7 @@ from .state import (
     training_differences,
 )
 
-log = logging.getLogger("gcl_train.train")
+log = logging.getLogger("gcl_train.training")
 
 SUMMARY_KEYS = ("ndcg@10", "err", "rbp@0.7", "rbp@0.8", "rbp@0.9", "mrr@10", "recall@100")
 

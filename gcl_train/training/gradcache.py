@@ -18,6 +18,7 @@ accumulation is not offered: it would shrink the pool of negatives to M.
 """
 from __future__ import annotations
 
+import dataclasses
 from contextlib import nullcontext
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -39,6 +40,27 @@ def restore_rng(st: Dict[str, Any], device: torch.device) -> None:
     torch.set_rng_state(st["cpu"])
     if "cuda" in st:
         torch.cuda.set_rng_state(st["cuda"], device)
+
+
+def trim_padding(batch: Batch) -> Batch:
+    """Drop the padding columns no row of `batch` uses, in tokenizer outputs that carry an
+    attention mask (Hugging Face; right padding). A tokenizer pads a batch to its longest
+    text, so a micro-batch cut from a large batch carries the padding of the longest text
+    of the whole batch: attention over it costs memory and time quadratic in that length
+    and would make the cache's memory grow with the batch. The masked positions never
+    count, so the embeddings do not change. open_clip token ids (fixed context length,
+    no mask) are left as they are."""
+    def trim(tokens):
+        if not isinstance(tokens, dict) or "attention_mask" not in tokens:
+            return tokens
+        mask = tokens["attention_mask"]
+        n = int(mask.sum(dim=1).max()) if mask.numel() else 0
+        if n >= mask.shape[1] or n == 0:
+            return tokens
+        return {k: (v[:, :n] if isinstance(v, torch.Tensor) and v.dim() == 2 and v.shape == mask.shape else v)
+                for k, v in tokens.items()}
+
+    return dataclasses.replace(batch, query_tokens=trim(batch.query_tokens), title_tokens=trim(batch.title_tokens))
 
 
 def micro_batches(n: int, size: int) -> List[Tuple[int, int]]:
@@ -73,7 +95,7 @@ def cached_loss_backward(model: torch.nn.Module, batch: Batch, loss_fn, micro_ba
         for s, e in spans:
             states.append(capture_rng(device))
             with ctx():
-                q, f, p = encode_batch(model, batch.slice(s, e), field_weights)
+                q, f, p = encode_batch(model, trim_padding(batch.slice(s, e)), field_weights)
             qs.append(q)
             fs.append(f)
             present.append(p)
@@ -87,7 +109,7 @@ def cached_loss_backward(model: torch.nn.Module, batch: Batch, loss_fn, micro_ba
     for (s, e), st in zip(spans, states):
         restore_rng(st, device)
         with ctx():
-            q, f, _ = encode_batch(model, batch.slice(s, e), field_weights)
+            q, f, _ = encode_batch(model, trim_padding(batch.slice(s, e)), field_weights)
         surrogate = (q * g_q[s:e]).sum() + (f * g_f[:, s:e]).sum()
         if surrogate.requires_grad:
             surrogate.backward()
@@ -95,4 +117,4 @@ def cached_loss_backward(model: torch.nn.Module, batch: Batch, loss_fn, micro_ba
     return loss.detach()
 
 
-__all__ = ["cached_loss_backward", "micro_batches", "capture_rng", "restore_rng"]
+__all__ = ["cached_loss_backward", "micro_batches", "trim_padding", "capture_rng", "restore_rng"]

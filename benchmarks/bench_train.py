@@ -17,7 +17,7 @@ train_step`) on batches from the synthetic MarqoGS data and reports:
   larger of the two.
 
 Each configuration runs in its own processes, so peaks do not leak between them. Prints a
-table and appends rows to benchmarks/results/bench_train.csv (machine, versions, load,
+table and appends a row to benchmarks/results/bench_train.csv as each configuration ends (machine, versions, load,
 command). Targets (issue 12, this 2-core CPU): with M = 32, the extra peak memory at
 B = 1024 at most 1.5x that at B = 32, and time per pair at most 1.5x the plain step's.
 """
@@ -218,6 +218,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     data = _ensure_data(a.data, max(batches) * (a.steps + 1))
     load0 = loadavg()
     rows: List[Dict] = []
+    info = {**machine(), **package_versions({"torch": "torch", "transformers": "transformers",
+                                             "open_clip": "open-clip-torch"}),
+            "revision": git_revision(dirty=True) or "?"}
+    common = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model": _model_name(model),
+              "micro_batch": a.micro_batch, "threads": a.threads, "device": a.device, "loadavg_start": load0,
+              "command": "python " + command_line(argv), **info}
+
+    def save(row: Dict) -> None:  # each row as it is measured: a long run killed midway keeps what it has
+        rows.append(row)
+        if not a.no_csv:
+            append_csv(RESULTS, COLUMNS, [{**common, "loadavg_end": loadavg(),
+                                           **{k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()}}])
+
     print(f"model {_model_name(model)}, {a.steps} measured steps, {a.threads} thread(s) per process")
     print(f"{'procs':>5} {'mode':>6} {'batch':>6} {'step s':>8} {'pairs/s':>8} {'extra peak MB':>14}")
     for n in procs:
@@ -230,15 +243,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 res = _run_config(spec, n, a.timeout)
                 if "error" in res:
                     print(f"{n:>5} {mode:>6} {b:>6}  failed: {res['error']}")
-                    rows.append({"procs": n, "mode": mode, "batch": b, "note": "failed: " + res["error"]})
+                    save({"procs": n, "mode": mode, "batch": b, "note": "failed: " + res["error"]})
                     continue
                 med = statistics.median(res["times"])
                 row = {"procs": n, "mode": mode, "batch": b, "steps": a.steps, "step_s_median": med,
                        "step_s_min": min(res["times"]), "step_s_max": max(res["times"]), "pairs_per_s": b / med,
                        "extra_peak_mb": res["extra"] / 2**20, "base_rss_mb": res["base"] / 2**20}
-                rows.append(row)
+                save(row)
                 print(f"{n:>5} {mode:>6} {b:>6} {med:8.2f} {b / med:8.1f} {res['extra'] / 2**20:14.0f}", flush=True)
-    load1 = loadavg()
     ok = [r for r in rows if "pairs_per_s" in r]
 
     def find(mode, b, n=1):
@@ -255,15 +267,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(f"{n} proc, B={b}: time per pair cache / plain {p['pairs_per_s'] / c['pairs_per_s']:.2f}x "
                       f"(target <= 1.5); extra peak cache {c['extra_peak_mb']:.0f} MB vs plain {p['extra_peak_mb']:.0f} MB")
     if not a.no_csv:
-        info = {**machine(), **package_versions({"torch": "torch", "transformers": "transformers",
-                                                 "open_clip": "open-clip-torch"}),
-                "revision": git_revision(dirty=True) or "?"}
-        common = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model": _model_name(model),
-                  "micro_batch": a.micro_batch, "threads": a.threads, "device": a.device, "loadavg_start": load0,
-                  "loadavg_end": load1, "command": "python " + command_line(argv), **info}
-        n = append_csv(RESULTS, COLUMNS, [{**common, **{k: (f"{v:.4f}" if isinstance(v, float) else v)
-                                                       for k, v in r.items()}} for r in rows])
-        print(f"appended {n} rows to {os.path.relpath(RESULTS)}")
+        print(f"appended {len(rows)} rows to {os.path.relpath(RESULTS)}")
     return 0
 
 

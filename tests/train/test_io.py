@@ -167,7 +167,8 @@ def test_bench_csv_headers_in_results_match_the_scripts():
     common = _bench_common()
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     for name, script in (("bench_metrics.csv", "bench_metrics.py"), ("bench_loss.csv", "bench_loss.py"),
-                         ("bench_qdrant.csv", "bench_qdrant.py"), ("build_sm90.csv", "build_sm90.py")):
+                         ("bench_qdrant.csv", "bench_qdrant.py"), ("build_sm90.csv", "build_sm90.py"),
+                         ("bench_train.csv", "bench_train.py"), ("bench_ranking.csv", "bench_ranking.py")):
         path = os.path.join(root, "benchmarks", "results", name)
         if not os.path.isfile(path):
             continue

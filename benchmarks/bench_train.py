@@ -10,8 +10,10 @@ both), one fresh set of processes runs the real training step (`gcl_train.traini
 train_step`) on batches from the synthetic MarqoGS data and reports:
 
 - pairs/s: global pairs per second over the measured steps (median step time);
-- extra peak memory: peak resident memory during the measured steps minus the resident
-  memory after a warm-up step, when the model, its gradients and the AdamW state exist
+- extra peak memory: peak resident memory during the measured steps (at least --rows
+  rows, so small batches see as many texts as large ones) minus the resident
+  memory of the model and the AdamW state after a warm-up step (gradients are part of
+  the step: each step frees them and builds them anew)
   (`VmHWM` after resetting it through /proc/self/clear_refs; on CUDA
   `torch.cuda.max_memory_allocated` above `memory_allocated`); with 2 processes, the
   larger of the two.
@@ -42,7 +44,8 @@ from _common import append_csv, check_csv_header, command_line, git_revision, lo
 
 RESULTS = os.path.join(HERE, "results", "bench_train.csv")
 COLUMNS = ["timestamp", "model", "mode", "micro_batch", "procs", "batch", "steps", "step_s_median", "step_s_min",
-           "step_s_max", "pairs_per_s", "extra_peak_mb", "base_rss_mb", "threads", "device", "note", "cpu", "cores",
+           "step_s_max", "pairs_per_s", "extra_peak_mb", "base_rss_mb", "max_tokens", "threads", "device", "note",
+           "cpu", "cores",
            "loadavg_start", "loadavg_end", "python", "torch", "transformers", "open_clip", "revision", "command"]
 
 
@@ -66,6 +69,17 @@ def _rss_kb(field: str) -> int:
 def _reset_peak() -> None:
     with open("/proc/self/clear_refs", "w") as f:  # "5": reset the peak resident set size (VmHWM)
         f.write("5")
+
+
+def _longest(batch) -> int:
+    """The longest text of a batch, in tokens (what attention memory depends on)."""
+    lens = []
+    for tokens in (batch.query_tokens, batch.title_tokens):
+        if isinstance(tokens, dict) and "attention_mask" in tokens:
+            lens.append(int(tokens["attention_mask"].sum(dim=1).max()))
+        else:
+            lens.append(int((tokens != 0).sum(dim=1).max()))
+    return max(lens)
 
 
 def worker(spec: Dict) -> Dict:
@@ -106,10 +120,18 @@ def worker(spec: Dict) -> Dict:
             batches.append(batch)
             if len(batches) == spec["steps"] + 1:
                 break
-        if len(batches) < spec["steps"] + 1:
+        if len(batches) < spec["steps"] + 1:  # noqa: the data set is sized for the largest configuration
             raise SystemExit(f"the data holds fewer than {spec['steps'] + 1} batches of {spec['batch']}")
         cuda = device.type == "cuda"
-        train_step(run, batches[0])  # warm-up: gradients and AdamW state now exist
+        train_step(run, batches[0])  # warm-up: the AdamW state now exists
+        # The base is the model and the optimizer state; gradients count as part of a step:
+        # every step frees them first (zero_grad(set_to_none=True)) and builds them anew in
+        # its backward, where they may coexist with activations (the cache's second
+        # micro-batch) or not (a single backward frees most activations before they fill up).
+        opt.zero_grad(set_to_none=True)
+        import gc
+
+        gc.collect()
         if cuda:
             torch.cuda.synchronize()
             base = torch.cuda.memory_allocated()
@@ -125,7 +147,8 @@ def worker(spec: Dict) -> Dict:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
         peak = torch.cuda.max_memory_allocated() if cuda else _rss_kb("VmHWM") * 1024
-        return {"rank": env.rank, "times": times, "extra": max(0, peak - base), "base": base}
+        return {"rank": env.rank, "times": times, "extra": max(0, peak - base), "base": base,
+                "max_tokens": max(_longest(b) for b in batches[1:] if b is not None)}
     finally:
         shutdown(env)
 
@@ -159,7 +182,8 @@ def _run_config(spec: Dict, procs: int, timeout: float) -> Dict:
     steps = len(parts[0]["times"])
     # a data-parallel step ends when its slowest rank does
     times = [max(p["times"][i] for p in parts) for i in range(steps)]
-    return {"times": times, "extra": max(p["extra"] for p in parts), "base": max(p["base"] for p in parts)}
+    return {"times": times, "extra": max(p["extra"] for p in parts), "base": max(p["base"] for p in parts),
+            "max_tokens": max(p["max_tokens"] for p in parts)}
 
 
 def _ensure_data(root: str, pairs: int) -> str:
@@ -190,7 +214,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--modes", default="plain,cache", help="plain and/or cache (default: %(default)s)")
     ap.add_argument("--micro-batch", type=int, default=32, help="M of the cache mode (default: %(default)s)")
     ap.add_argument("--procs", default="1,2", help="process counts (default: %(default)s)")
-    ap.add_argument("--steps", type=int, default=3, help="measured steps after one warm-up (default: %(default)s)")
+    ap.add_argument("--steps", type=int, default=3, help="measured steps after one warm-up, at least (default: %(default)s)")
+    ap.add_argument("--rows", type=int, default=2048,
+                    help="rows each configuration encodes at least (more steps for small batches) (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads per process; 1 lets 2 processes share 2 cores fairly (default: %(default)s)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
@@ -215,7 +241,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for m in modes:
         if m not in ("plain", "cache"):
             ap.error(f"--modes: expected plain and/or cache, got {m!r}")
-    data = _ensure_data(a.data, max(batches) * (a.steps + 1))
+    data = _ensure_data(a.data, max(max(batches) * (a.steps + 1), a.rows + 2 * max(batches)))
     load0 = loadavg()
     rows: List[Dict] = []
     info = {**machine(), **package_versions({"torch": "torch", "transformers": "transformers",
@@ -232,25 +258,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                            **{k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()}}])
 
     print(f"model {_model_name(model)}, {a.steps} measured steps, {a.threads} thread(s) per process")
-    print(f"{'procs':>5} {'mode':>6} {'batch':>6} {'step s':>8} {'pairs/s':>8} {'extra peak MB':>14}")
+    print(f"{'procs':>5} {'mode':>6} {'batch':>6} {'steps':>6} {'step s':>8} {'pairs/s':>8} {'extra peak MB':>14} "
+          f"{'max tokens':>10}")
     for n in procs:
         for mode in modes:
             for b in batches:
                 if mode == "cache" and a.micro_batch * n > b:
                     continue
+                # every configuration encodes at least --rows rows, so that its peak covers as many
+                # texts (and as long a text) as the largest batch's: attention memory follows the
+                # longest text of a micro-batch, not the batch size
+                steps = max(a.steps, -(-a.rows // b))
                 spec = {"model": model, "data": data, "out": tempfile.gettempdir(), "batch": b, "mode": mode,
-                        "micro_batch": a.micro_batch, "steps": a.steps, "threads": a.threads, "device": a.device}
+                        "micro_batch": a.micro_batch, "steps": steps, "threads": a.threads, "device": a.device}
                 res = _run_config(spec, n, a.timeout)
                 if "error" in res:
                     print(f"{n:>5} {mode:>6} {b:>6}  failed: {res['error']}")
                     save({"procs": n, "mode": mode, "batch": b, "note": "failed: " + res["error"]})
                     continue
                 med = statistics.median(res["times"])
-                row = {"procs": n, "mode": mode, "batch": b, "steps": a.steps, "step_s_median": med,
+                row = {"procs": n, "mode": mode, "batch": b, "steps": steps, "step_s_median": med,
                        "step_s_min": min(res["times"]), "step_s_max": max(res["times"]), "pairs_per_s": b / med,
-                       "extra_peak_mb": res["extra"] / 2**20, "base_rss_mb": res["base"] / 2**20}
+                       "extra_peak_mb": res["extra"] / 2**20, "base_rss_mb": res["base"] / 2**20,
+                       "max_tokens": res["max_tokens"]}
                 save(row)
-                print(f"{n:>5} {mode:>6} {b:>6} {med:8.2f} {b / med:8.1f} {res['extra'] / 2**20:14.0f}", flush=True)
+                print(f"{n:>5} {mode:>6} {b:>6} {steps:>6} {med:8.2f} {b / med:8.1f} {res['extra'] / 2**20:14.0f} "
+                      f"{res['max_tokens']:>10}", flush=True)
     ok = [r for r in rows if "pairs_per_s" in r]
 
     def find(mode, b, n=1):

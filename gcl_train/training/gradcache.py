@@ -9,8 +9,10 @@ One optimiser step with micro-batches of M rows:
 2. compute the loss on all cached embeddings (as leaves) and back-propagate it: this
    gives d loss / d embedding for every row, and the logit scale's gradient;
 3. encode each micro-batch again, from its saved RNG state (so dropout and any other
-   randomness draw exactly what they drew in pass 1), with a graph, and back-propagate
-   its slice of the embedding gradients: sum(e_mb * g_mb).backward().
+   randomness draw exactly what they drew in pass 1), with a graph, one tower call
+   (queries, titles, images) at a time, and back-propagate its slice of the embedding
+   gradients, sum(e_mb * g_mb).backward(), before the next call: the activations held
+   are those of one field of M rows.
 
 The gradients equal those of the loss over the whole batch computed through the
 micro-batched forward of pass 1; the cost is one extra forward pass. Plain gradient
@@ -25,7 +27,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from .data import Batch
-from .loss import batch_loss, documents, encode_batch
+from .loss import batch_loss, documents, encode_batch, encode_parts
 
 
 def capture_rng(device: torch.device) -> Dict[str, Any]:
@@ -108,11 +110,19 @@ def cached_loss_backward(model: torch.nn.Module, batch: Batch, loss_fn, micro_ba
     g_q, g_f = q_all.grad, f_all.grad
     for (s, e), st in zip(spans, states):
         restore_rng(st, device)
-        with ctx():
-            q, f, _ = encode_batch(model, trim_padding(batch.slice(s, e)), field_weights)
-        surrogate = (q * g_q[s:e]).sum() + (f * g_f[:, s:e]).sum()
-        if surrogate.requires_grad:
-            surrogate.backward()
+        # one tower call at a time, each back-propagated before the next is encoded: the
+        # activations held are those of one field of one micro-batch (backward draws no
+        # random numbers, so the parts draw what they drew in pass 1, in the same order)
+        parts = encode_parts(model, trim_padding(batch.slice(s, e)), field_weights)
+        while True:
+            with ctx():
+                part = next(parts, None)
+            if part is None:
+                break
+            f, emb = part
+            surrogate = (emb.float() * (g_q[s:e] if f is None else g_f[f, s:e])).sum()
+            if surrogate.requires_grad:
+                surrogate.backward()
     restore_rng(after, device)
     return loss.detach()
 

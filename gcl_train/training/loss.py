@@ -2,7 +2,7 @@
 and apply `gcl_kernels.GCLLoss` with the model's own logit scale (docs/method.md)."""
 from __future__ import annotations
 
-from typing import Mapping, Optional, Tuple
+from typing import Iterator, Mapping, Optional, Tuple
 
 import torch
 
@@ -48,6 +48,21 @@ def loss_module(model: torch.nn.Module, s_max: float, *, weight_fn: str = "linea
                    distributed=distributed)
 
 
+def encode_parts(model: torch.nn.Module, batch: Batch,
+                 field_weights: Optional[Mapping[str, float]]) -> Iterator[Tuple[Optional[int], torch.Tensor]]:
+    """The unit embeddings of a batch, one tower call at a time, in a fixed order: the
+    queries (index None), then each document field with a positive weight (its index in
+    DOC_FIELD_NAMES). A generator: each part is encoded when it is asked for, so a caller
+    can back-propagate one part before the next is encoded (the gradient cache does)."""
+    fw = field_weight_vector(field_weights)
+    yield None, encode_text_tensor(model, batch.query_tokens)
+    for f, name in enumerate(DOC_FIELD_NAMES):
+        if fw[f] > 0:
+            tokens_or_pixels = batch.title_tokens if name == "title" else batch.images
+            encode = encode_text_tensor if name == "title" else encode_images_tensor
+            yield f, encode(model, tokens_or_pixels)
+
+
 def encode_batch(model: torch.nn.Module, batch: Batch,
                  field_weights: Optional[Mapping[str, float]]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Unit query embeddings [B, D] and unit document field embeddings [F, B, D] (float32),
@@ -56,19 +71,14 @@ def encode_batch(model: torch.nn.Module, batch: Batch,
     Fields with zero weight are not encoded (a text-only run never touches the image
     tower): they are zeros and marked absent.
     """
-    fw = field_weight_vector(field_weights)
-    q = encode_text_tensor(model, batch.query_tokens)
-    parts, present = [], batch.present.clone()
-    for f, name in enumerate(DOC_FIELD_NAMES):
-        if fw[f] <= 0:
-            parts.append(None)
+    present = batch.present.clone()
+    parts = dict(encode_parts(model, batch, field_weights))
+    q = parts.pop(None)
+    ref = next(iter(parts.values()))
+    for f in range(len(DOC_FIELD_NAMES)):
+        if f not in parts:
             present[:, f] = False
-        elif name == "title":
-            parts.append(encode_text_tensor(model, batch.title_tokens))
-        else:
-            parts.append(encode_images_tensor(model, batch.images))
-    ref = next(p for p in parts if p is not None)
-    fields = torch.stack([p if p is not None else torch.zeros_like(ref) for p in parts])
+    fields = torch.stack([parts.get(f, torch.zeros_like(ref)) for f in range(len(DOC_FIELD_NAMES))])
     return q.float(), fields.float(), present
 
 
@@ -109,4 +119,4 @@ def compute_loss(model: torch.nn.Module, batch: Batch, loss_fn: GCLLoss,
     return batch_loss(loss_fn, q, docs, batch, use_groups)
 
 
-__all__ = ["loss_module", "encode_batch", "documents", "embed", "batch_loss", "compute_loss"]
+__all__ = ["loss_module", "encode_parts", "encode_batch", "documents", "embed", "batch_loss", "compute_loss"]

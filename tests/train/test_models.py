@@ -250,3 +250,36 @@ def test_combine_document_fields_modes():
 def test_field_weights_validation(weights, match):
     with pytest.raises(ValueError, match=match):
         field_weight_vector(weights)
+
+
+# ---------------------------------------------------------------------------------------- model specs: files and folders
+
+def test_checkpoint_file_and_hub_folder_as_model_specs(tmp_path, tiny):
+    from safetensors.torch import save_file
+
+    ck = tmp_path / "model.pt"
+    save_checkpoint(ck, tiny)
+    b = create_model(str(ck))  # a checkpoint is a complete model spec
+    assert b.name == "tiny" and _params_equal(b.model, tiny.model)
+    with pytest.raises(ValueError, match="already holds its weights"):
+        create_model(str(ck), pretrained=str(ck))
+    hub = tmp_path / "tiny-hub"
+    hub.mkdir()
+    (hub / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CONFIG}))
+    save_file({k: v.contiguous() for k, v in tiny.model.state_dict().items()}, str(hub / "open_clip_model.safetensors"))
+    b = create_model(str(hub), seed=5)  # architecture and weights from the folder
+    assert b.name == "tiny-hub" and b.config == tiny.config and _params_equal(b.model, tiny.model)
+    # the folder as --pretrained for a named architecture, and the same weights file alone
+    assert _params_equal(create_model("tiny", pretrained=str(hub), seed=5).model, tiny.model)
+    assert _params_equal(create_model("tiny", pretrained=str(hub / "open_clip_model.safetensors")).model,
+                         tiny.model)
+
+
+def test_a_text_only_bundle_has_no_image_size_and_title_weights():
+    from gcl_train.models import ModelBundle
+
+    b = ModelBundle(torch.nn.Linear(2, 2), lambda xs: {}, None,
+                    {"kind": "hf_text", "embed_dim": 8, "max_seq_length": 16}, "x", {})
+    assert b.kind == "hf_text" and b.image_size is None and b.context_length == 16
+    assert not b.has_image_tower and b.default_field_weights == {"title": 1.0}
+    assert create_model("tiny").kind == "open_clip"

@@ -106,7 +106,7 @@ def worker(spec: Dict) -> Dict:
         fw = bundle.default_field_weights
         cfg = TrainConfig(data=spec["data"], out=spec["out"], batch_size=spec["batch"], field_weights=fw,
                           micro_batch_size=spec["micro_batch"] if spec["mode"] == "cache" else None, lr=1e-5,
-                          precision="fp32")
+                          weight_decay=0.01, precision="fp32")
         model = bundle.model
         model.train()
         loss_fn = loss_module(model, 100.0, distributed=env.enabled, **cfg.loss_options())

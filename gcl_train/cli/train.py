@@ -23,6 +23,7 @@ from gcl_kernels import DIRECTIONS, IMPLS, NORMALIZATIONS, WEIGHT_KINDS
 from ..data import DOC_FIELD_NAMES, SPLITS, MarqoGSDataset
 from ..models import FIELD_MODES
 from ..training import PRECISIONS, SCORE_COLUMNS, ConfigConflict, TrainConfig, train
+from ..training.config import FINE_TUNE_OPTIM, SCRATCH_OPTIM
 from .common import (
     EXIT_ERROR,
     EXIT_OK,
@@ -53,8 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add(g, "--prefetch", "prefetch", "batches prepared ahead in a background thread (0: inline)", type=int)
     c.add(g, "--shuffle-buffer", "shuffle_buffer", "bounded shuffle buffer, in pairs", type=int)
     g = p.add_argument_group("model")
-    c.add(g, "--model", "model", "tiny | small | an open_clip architecture (ViT-B-32) | a JSON config file")
-    c.add(g, "--pretrained", "pretrained", "local weights file (never downloaded)")
+    c.add(g, "--model", "model", "tiny | small | an open_clip architecture (ViT-B-32) | a JSON config file | a "
+          "local Hugging Face / sentence-transformers folder | an open_clip hub folder | a gcl checkpoint")
+    c.add(g, "--pretrained", "pretrained", "local open_clip weights: a state dict, an OpenAI CLIP state dict, "
+          ".safetensors or a hub folder (never downloaded; docs/pretrained.md)")
     c.add(g, "--lock-image", "lock_image", "freeze the image tower", action="store_true")
     c.add(g, "--lock-text", "lock_text", "freeze the text tower", action="store_true")
     c.add(g, "--init-logit-scale", "init_logit_scale", "initial logit scale multiplier", type=float,
@@ -86,8 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add(g, "--micro-batch-size", "micro_batch_size", "gradient cache: encode the batch this many rows at a "
           "time (memory of M rows, every pair of the batch still a negative; one extra forward pass)",
           type=int, show_default="off")
-    c.add(g, "--lr", "lr", "AdamW learning rate", type=float)
-    c.add(g, "--wd", "weight_decay", "AdamW weight decay", type=float)
+    c.add(g, "--lr", "lr", "AdamW learning rate", type=float,
+          show_default=f"{SCRATCH_OPTIM[0]:g} from scratch, {FINE_TUNE_OPTIM[0]:g} from pretrained weights")
+    c.add(g, "--wd", "weight_decay", "AdamW weight decay", type=float,
+          show_default=f"{SCRATCH_OPTIM[1]:g} from scratch, {FINE_TUNE_OPTIM[1]:g} from pretrained weights")
     c.add(g, "--warmup", "warmup_steps", "linear warmup steps", type=int)
     c.add(g, "--min-lr-ratio", "min_lr_ratio", "cosine decay ends at lr * this", type=float)
     c.add(g, "--grad-clip", "grad_clip", "gradient norm clip (0 disables)", type=float)

@@ -66,6 +66,7 @@ class ModelBundle:
     config: Dict[str, Any]
     name: str
     preprocess_cfg: Dict[str, Any]
+    pretrained: bool = False  # the weights were loaded (a folder, a file, a checkpoint), not drawn
 
     @property
     def kind(self) -> str:
@@ -317,7 +318,8 @@ def create_model(
             from . import hf
 
             if hf.is_hf_folder(spec):
-                return hf.create_hf_text_model(spec, pretrained=pretrained, device=device, seed=seed)
+                return dataclasses.replace(hf.create_hf_text_model(spec, pretrained=pretrained, device=device,
+                                                                   seed=seed), pretrained=True)
             if pretrained is None and os.path.isfile(os.path.join(spec, "open_clip_config.json")):
                 pretrained = spec  # a hub-style folder brings its weights
         elif spec not in MODEL_CONFIGS and _is_checkpoint_file(spec):
@@ -326,7 +328,7 @@ def create_model(
                                  f"pass it alone (or as pretrained with its architecture as the model)")
             from .checkpoint import load_checkpoint
 
-            return load_checkpoint(spec, device).bundle
+            return dataclasses.replace(load_checkpoint(spec, device).bundle, pretrained=True)
     name, cfg = resolve_model_config(model)
     device = torch.device(device)
     if seed is not None:
@@ -342,4 +344,4 @@ def create_model(
 
     set_model_preprocess_cfg(net, {**pp, "mean": tuple(pp["mean"]), "std": tuple(pp["std"])})
     ctx = int(cfg["text_cfg"].get("context_length", 77))
-    return ModelBundle(net, get_tokenizer(ctx), make_preprocess(pp), cfg, name, pp)
+    return ModelBundle(net, get_tokenizer(ctx), make_preprocess(pp), cfg, name, pp, pretrained=pretrained is not None)

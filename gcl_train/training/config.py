@@ -19,6 +19,9 @@ from ..data import resolve_split
 from ..models import FIELD_MODES, field_weight_vector
 
 PRECISIONS = ("auto", "fp32", "bf16")
+# AdamW defaults (lr, weight decay): from scratch, and fine-tuning pretrained weights
+SCRATCH_OPTIM = (5e-4, 0.1)
+FINE_TUNE_OPTIM = (2e-5, 0.01)
 RESUME = ("auto", "never")
 SCORE_COLUMNS = ("score_linear", "score_reciprocal", "no_score")
 
@@ -38,7 +41,9 @@ class TrainConfig:
     field pair its own softmax), `field_weights` (None: the model's default, image 0.9 /
     title 0.1, or title 1 for a text-only model; resolved by `train`), `direction`,
     `normalize`, `use_groups`.
-    Optimisation: AdamW `lr`, `weight_decay`, `warmup_steps` then cosine to
+    Optimisation: AdamW `lr` and `weight_decay` (None: 5e-4 and 0.1 for a model trained
+    from scratch, 2e-5 and 0.01 when it starts from pretrained weights; resolved by
+    `train`), `warmup_steps` then cosine to
     `lr * min_lr_ratio`, `grad_clip`, `precision` ("auto": bf16 autocast on CUDA, fp32 on
     CPU), learnable logit scale clamped at `max_logit_scale`, `lock_image` / `lock_text`.
     Input: `prefetch` batches built ahead in a background thread (0: inline).
@@ -61,8 +66,8 @@ class TrainConfig:
     epochs: int = 1
     max_steps: Optional[int] = None
     batch_size: int = 64
-    lr: float = 5e-4
-    weight_decay: float = 0.1
+    lr: Optional[float] = None
+    weight_decay: Optional[float] = None
     warmup_steps: int = 100
     min_lr_ratio: float = 0.0
     grad_clip: Optional[float] = 1.0
@@ -132,8 +137,8 @@ class TrainConfig:
         pos_int("batch_size", self.batch_size)
         if self.batch_size < 2:
             raise ValueError(f"batch_size: contrastive training needs >= 2 pairs per batch, got {self.batch_size}")
-        num("lr", self.lr, 0, lo_open=True)
-        num("weight_decay", self.weight_decay, 0)
+        num("lr", self.lr, 0, lo_open=True, allow_none=True)
+        num("weight_decay", self.weight_decay, 0, allow_none=True)
         pos_int("warmup_steps", self.warmup_steps, allow_zero=True)
         num("min_lr_ratio", self.min_lr_ratio, 0)
         if self.min_lr_ratio > 1:
@@ -197,4 +202,5 @@ class TrainConfig:
         return d
 
 
-__all__ = ["TrainConfig", "ConfigConflict", "PRECISIONS", "RESUME", "SCORE_COLUMNS"]
+__all__ = ["TrainConfig", "ConfigConflict", "PRECISIONS", "RESUME", "SCORE_COLUMNS", "SCRATCH_OPTIM",
+           "FINE_TUNE_OPTIM"]

@@ -22,7 +22,7 @@ import torch
 from ..data import MarqoGSDataset, ReadStats, doc_field_specs
 from ..fileio import atomic_write_json
 from ..models import CorruptCheckpointError, Encoder, ModelBundle, create_model, read_checkpoint, save_checkpoint
-from .config import RESUME, ConfigConflict, TrainConfig
+from .config import FINE_TUNE_OPTIM, RESUME, SCRATCH_OPTIM, ConfigConflict, TrainConfig
 from .data import TrainingData, close, prefetched, steps_per_epoch
 from .distributed import (
     DistEnv,
@@ -303,6 +303,9 @@ def _train_locked(cfg: TrainConfig, env: DistEnv, device: torch.device,
     bundle = _setup(env, create_model, cfg.model, cfg.pretrained, device, cfg.seed)
     if cfg.field_weights is None:
         cfg.field_weights = bundle.default_field_weights
+    lr, wd = FINE_TUNE_OPTIM if bundle.pretrained else SCRATCH_OPTIM
+    cfg.lr = lr if cfg.lr is None else cfg.lr
+    cfg.weight_decay = wd if cfg.weight_decay is None else cfg.weight_decay
     if cfg.field_weights.get("image", 0) > 0 and not bundle.has_image_tower:
         raise ConfigConflict(f"field_weights: the image field has weight {cfg.field_weights['image']} but "
                              f"the model {bundle.name!r} has no image tower; pass --field-weights title=1")

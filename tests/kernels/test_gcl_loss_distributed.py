@@ -65,7 +65,9 @@ def _worker(rank, world, port, cases, impl, q):
                                       normalize=normalize, impl=impl)
             share.backward()
             gs = 0.0 if s.grad is None else float(s.grad)  # a rank with no rows never uses the scale
-            out.append((float(share.detach()), xl.grad.clone(), yl.grad.clone(), gs))
+            # numpy, not tensors: a tensor put on a torch.multiprocessing queue is sent as a shared
+            # file descriptor, which the parent cannot open once this process has exited
+            out.append((float(share.detach()), xl.grad.numpy().copy(), yl.grad.numpy().copy(), gs))
         q.put((rank, out))
     finally:
         dist.destroy_process_group()
@@ -101,9 +103,10 @@ def _check(world, cases, impl):
         btot = sum(sizes)
         for r in range(world):
             b0, e0, b, e = sum(sizes[:r]), sum(extras[:r]), sizes[r], extras[r]
-            torch.testing.assert_close(results[r][seed][1], x.grad[:, b0:b0 + b], rtol=1e-9, atol=1e-12)
+            torch.testing.assert_close(torch.from_numpy(results[r][seed][1]), x.grad[:, b0:b0 + b],
+                                       rtol=1e-9, atol=1e-12)
             want_y = torch.cat([y.grad[:, b0:b0 + b], y.grad[:, btot + e0:btot + e0 + e]], 1)
-            torch.testing.assert_close(results[r][seed][2], want_y, rtol=1e-9, atol=1e-12)
+            torch.testing.assert_close(torch.from_numpy(results[r][seed][2]), want_y, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("impl", ["reference", "chunked"])

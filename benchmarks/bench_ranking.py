@@ -37,11 +37,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:

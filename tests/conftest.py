@@ -1,4 +1,5 @@
-"""Shared test setup: GPU-marked tests skip without CUDA; a seeded generator fixture."""
+"""Shared test setup: GPU-marked tests skip without CUDA; a seeded generator fixture; the
+process's torch thread count restored after every test."""
 import pytest
 import torch
 
@@ -16,3 +17,12 @@ def pytest_collection_modifyitems(config, items):
 def gen():
     """A fixed-seed CPU torch.Generator, so each test draws the same data every run."""
     return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """`gcl-train --threads N` (and the benchmarks' --threads) call torch.set_num_threads for the
+    whole process; put the count back after each test so one test's option does not slow the next."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)

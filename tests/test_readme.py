@@ -8,8 +8,6 @@ import re
 import subprocess
 import sys
 
-import pytest
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SKIP = re.compile(r"<!-- not run by tests/test_readme\.py: (.+?) -->\s*$")
 FENCE = re.compile(r"^```(\w*)\s*$")

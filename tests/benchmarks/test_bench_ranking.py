@@ -10,7 +10,6 @@ import os
 import sys
 
 import pytest
-import torch
 
 pytest.importorskip("open_clip")
 
@@ -25,13 +24,6 @@ def bench():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 def test_results_csv_headers_match_the_script(bench):

@@ -2,7 +2,6 @@
 gcl_loss on the global batch, loss and every gradient, on awkward shapes (unequal
 slices, an empty rank, extra negatives, groups repeated across ranks, fields in pairs,
 every direction and normalisation)."""
-import itertools
 import os
 import socket
 

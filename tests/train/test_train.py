@@ -38,13 +38,6 @@ def data_root(tmp_path_factory):
     return str(root)
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    n = torch.get_num_threads()  # main(["--threads", "1"]) sets it process-wide
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tiny():
     return create_model("tiny", seed=0)

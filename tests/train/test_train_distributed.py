@@ -37,13 +37,6 @@ def data_root(tmp_path_factory):
     return str(root)
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
 def _args(data_root, out, *extra):
     return ["--data", data_root, "--out", str(out), "--model", "tiny", "--batch-size", "16",
             "--warmup", "1", "--lr", "2e-3", "--quiet", "--prefetch", "0", "--max-steps", "4",

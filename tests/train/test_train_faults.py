@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import errno
-import json
 import os
 import shutil
 
@@ -25,13 +24,6 @@ def data_root(tmp_path_factory):
     write_dataset(str(root), n_queries=10, n_products=80, docs_per_query=10, seed=2, image_size=16,
                   progress=False)
     return str(root)
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 def _args(data, out, *extra):

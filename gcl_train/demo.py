@@ -205,7 +205,7 @@ def stage_qdrant(args, data: str, model_path: str, out: str) -> None:
         if json.loads(str(z["stamp"])) == stamp:
             cached = {"vectors": z["vectors"], "present": z["present"]}
     if cached is None:
-        vectors, present = encode_fields([d for _, d in docs], DOC_FIELDS, enc, ds)
+        vectors, present = encode_fields([d for _, d in docs], DOC_FIELDS, enc, ds, role="document")
         atomic_write(vec_path, lambda f: np.savez(f, vectors=vectors, present=present, stamp=json.dumps(stamp)),
                      binary=True)
     else:

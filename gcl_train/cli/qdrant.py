@@ -205,7 +205,8 @@ class CorpusSource(BatchSource):
     def _encode(self, chunk) -> IngestBatch:
         from ..evaluation import encode_fields
 
-        vecs, present = encode_fields([doc for _, doc in chunk], self.fields, self.encoder, self.ds)
+        vecs, present = encode_fields([doc for _, doc in chunk], self.fields, self.encoder, self.ds,
+                                      role="document")  # titles through the document tower, if any
         if vecs.shape[2] == 0:
             vecs = np.zeros((len(chunk), len(self.fields), self.encoder.dim), np.float32)
         keep = present.any(axis=1)

@@ -21,7 +21,7 @@ from typing import List, Optional
 from gcl_kernels import DIRECTIONS, IMPLS, NORMALIZATIONS, WEIGHT_KINDS
 
 from ..data import DOC_FIELD_NAMES, SPLITS, MarqoGSDataset
-from ..models import FIELD_MODES
+from ..models import FIELD_MODES, TEXT_TOWERS
 from ..training import PRECISIONS, SCORE_COLUMNS, ConfigConflict, TrainConfig, train
 from ..training.config import FINE_TUNE_OPTIM, SCRATCH_OPTIM
 from .common import (
@@ -58,8 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
           "local Hugging Face / sentence-transformers folder | an open_clip hub folder | a gcl checkpoint")
     c.add(g, "--pretrained", "pretrained", "local open_clip weights: a state dict, an OpenAI CLIP state dict, "
           ".safetensors or a hub folder (never downloaded; docs/pretrained.md)")
+    c.add(g, "--text-towers", "text_towers", "Hugging Face text models: shared (queries and titles through one "
+          "text tower) or separate (a query tower and a document tower, both from the model's weights; twice "
+          "the text-tower parameters and optimizer state)", choices=TEXT_TOWERS)
     c.add(g, "--lock-image", "lock_image", "freeze the image tower", action="store_true")
-    c.add(g, "--lock-text", "lock_text", "freeze the text tower", action="store_true")
+    c.add(g, "--lock-text", "lock_text", "freeze the text tower (both, with --text-towers separate)",
+          action="store_true")
     c.add(g, "--init-logit-scale", "init_logit_scale", "initial logit scale multiplier", type=float,
           show_default="the model's, 1/0.07 for CLIP")
     c.add(g, "--max-logit-scale", "max_logit_scale", "upper clamp of the logit scale multiplier", type=float)

@@ -7,7 +7,8 @@
 Modules, one concern each:
 
     config        EvalConfig (the protocol's settings), SplitResult, EvalReport
-    protocols     the contracts: EncoderProtocol, RetrieverProtocol, FieldLike
+    protocols     the contracts: EncoderProtocol (and the optional role-aware
+                  RoleAwareEncoderProtocol), RetrieverProtocol, FieldLike
     embeddings    EmbeddingTable and its on-disk format, load_embeddings
     encoding      encode_fields / encode_records (records -> vectors), embed_corpus,
                   RandomEncoder (the chance baseline)
@@ -30,6 +31,8 @@ from .protocols import (
     Kind,
     RetrieverLike,
     RetrieverProtocol,
+    Role,
+    RoleAwareEncoderProtocol,
     SearchFn,
 )
 from .report import ndcg_figure, write_reports
@@ -38,7 +41,8 @@ from .retrieval import ExactRetriever
 __all__ = [
     "CSV_QUERIES", "GT_SOURCES", "NOISY_QUERIES", "SUMMARY_METRICS", "ArtefactStore", "EmbeddingTable",
     "EncoderProtocol", "EvalConfig", "EvalReport", "ExactRetriever", "FieldLike", "IndexingRetrieverProtocol", "Kind",
-    "RandomEncoder", "RetrieverLike", "RetrieverProtocol", "SearchFn", "SplitResult", "embed_corpus", "encode_fields",
+    "RandomEncoder", "RetrieverLike", "RetrieverProtocol", "Role", "RoleAwareEncoderProtocol", "SearchFn",
+    "SplitResult", "embed_corpus", "encode_fields",
     "encode_records", "evaluate", "evaluate_split", "file_digest", "file_stamp", "ground_truth_for_split",
     "ground_truth_from_csv", "key_mismatch", "load_embeddings", "ndcg_figure", "query_values",
     "rescale_relevance", "sample_queries", "table_digest", "write_reports",

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from ..data.fields import DEFAULT_RIGHT, FieldSpecs, check_field_specs, fuse_embeddings, is_missing
 from ..data import MarqoGSDataset
 from .embeddings import EmbeddingTable, _RowWriter
-from .protocols import EncoderProtocol, FieldLike
+from .protocols import ROLES, EncoderProtocol, FieldLike
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,18 @@ class RandomEncoder:
         return out
 
 
-def _call_encoder(encoder: EncoderProtocol, values: list, kind: str) -> np.ndarray:
-    out = np.asarray(encoder(values, kind), dtype=np.float32)
+def _check_role(role: Optional[str]) -> Optional[str]:
+    if role is not None and role not in ROLES:
+        raise ValueError(f"role: expected one of {ROLES} or None, got {role!r}")
+    return role
+
+
+def _call_encoder(encoder: EncoderProtocol, values: list, kind: str, role: Optional[str] = None) -> np.ndarray:
+    """`encoder.encode_as(values, kind, role)` when a role is given and the encoder has
+    that method (`RoleAwareEncoderProtocol`), else `encoder(values, kind)`; checked."""
+    encode_as = getattr(encoder, "encode_as", None) if role is not None else None
+    raw = encode_as(values, kind, role) if callable(encode_as) else encoder(values, kind)
+    out = np.asarray(raw, dtype=np.float32)
     if out.ndim != 2 or out.shape[0] != len(values):
         raise ValueError(f"encoder: expected an array [N={len(values)}, D] for kind {kind!r}, got shape {out.shape}")
     if not np.isfinite(out).all():
@@ -88,6 +98,7 @@ def encode_fields(
     dataset: Optional[MarqoGSDataset] = None,
     check_images: bool = True,
     counts: Optional[Counter] = None,
+    role: Optional[str] = None,
 ) -> Tuple[np.ndarray, np.ndarray]:
     """Per-field vectors of a batch of records, plus which fields each record has.
 
@@ -104,6 +115,11 @@ def encode_fields(
         check_images: treat absent image files as missing.
         counts: if given, counts why fields were absent ("missing title",
             "absent image file (image_local)", "unreadable image (image_local)").
+        role: "query" or "document": whose fields these are. An encoder with
+            `encode_as` (`RoleAwareEncoderProtocol`, e.g. `gcl_train.models.Encoder` of a
+            model with separate text towers) is called as `encode_as(values, kind,
+            role)`; None, or an encoder without it: `encoder(values, kind)`. Pass
+            "document" for corpus records.
 
     Shape:
         returns vectors [N, F, D] float32 as the encoder gave them (zero rows where
@@ -116,6 +132,7 @@ def encode_fields(
         >>> v.shape, present[:, 0].tolist()
         ((2, 1, 4), [True, False])
     """
+    _check_role(role)
     n, f = len(records), len(fields)
     present = np.zeros((n, f), dtype=bool)
     per_field: List[Optional[np.ndarray]] = []
@@ -133,7 +150,7 @@ def encode_fields(
         if not vals:
             per_field.append(None)
             continue
-        emb = _call_encoder(encoder, vals, fld.kind)
+        emb = _call_encoder(encoder, vals, fld.kind, role)
         if dim is None:
             dim = emb.shape[1]
         elif emb.shape[1] != dim:
@@ -157,18 +174,20 @@ def encode_records(
     dataset: Optional[MarqoGSDataset] = None,
     check_images: bool = True,
     counts: Optional[Counter] = None,
+    role: Optional[str] = None,
 ) -> Tuple[np.ndarray, np.ndarray]:
     """Fused unit vectors for a batch of records (dicts of field values).
 
-    `encode_fields`, then `fuse_embeddings`: missing fields get weight 0 and the rest
-    are renormalised. A record with no present field, or without a field whose spec is
-    `required`, is unusable (a zero row).
+    `encode_fields` (with `role`: "query" or "document", see there), then
+    `fuse_embeddings`: missing fields get weight 0 and the rest are renormalised. A
+    record with no present field, or without a field whose spec is `required`, is
+    unusable (a zero row).
 
     Shape:
         returns vectors [N, D] float32 (zero rows for unusable records) and usable [N] bool.
     """
     n = len(records)
-    vectors, present = encode_fields(records, specs, encoder, dataset, check_images, counts)
+    vectors, present = encode_fields(records, specs, encoder, dataset, check_images, counts, role)
     if vectors.shape[2] == 0:
         return np.zeros((n, 0), dtype=np.float32), np.zeros(n, dtype=bool)
     w = np.array([s.weight for s in specs], dtype=np.float64)[None, :] * present
@@ -206,7 +225,8 @@ def embed_corpus(
 
     With `out_dir`, rows go to disk as they are made and the result is a memory-mapped
     `out_dir/<corpus>.npy` (+ ids), so memory stays flat; otherwise it is in memory.
-    Products with no usable field are counted in `counts["unusable documents"]`.
+    Products with no usable field are counted in `counts["unusable documents"]`. The
+    records are encoded with role "document" (see `encode_fields`).
     """
     specs = check_field_specs("specs", specs)
     counts = counts if counts is not None else Counter()
@@ -216,7 +236,8 @@ def embed_corpus(
     bar = tqdm(desc=f"encode {corpus}", unit="doc", disable=not progress)
     try:
         for batch in _batches(dataset.iter_corpus(corpus), batch_size):
-            vecs, usable = encode_records([doc for _, doc in batch], specs, encoder, dataset, check_images, counts)
+            vecs, usable = encode_records([doc for _, doc in batch], specs, encoder, dataset, check_images, counts,
+                                          role="document")
             bad = int((~usable).sum())
             if bad:
                 counts["unusable documents"] += bad

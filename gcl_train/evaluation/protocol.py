@@ -149,7 +149,7 @@ def _embed_queries(qkeys, qvalues, tables, encoder, ds, config, counts) -> Tuple
     parts, oks = [], []
     for s in range(0, len(qkeys), config.batch_size):
         recs = [qvalues[k] for k in qkeys[s: s + config.batch_size]]
-        v, ok = encode_records(recs, config.left, encoder, ds, config.check_images, counts)
+        v, ok = encode_records(recs, config.left, encoder, ds, config.check_images, counts, role="query")
         parts.append(v)
         oks.append(ok)
     dims = {p.shape[1] for p in parts if p.shape[1]}

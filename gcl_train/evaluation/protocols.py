@@ -1,6 +1,7 @@
 """The contracts between the evaluator and what plugs into it (`typing.Protocol`).
 
-An encoder turns field values into vectors; a retriever answers top-k searches over a
+An encoder turns field values into vectors (and may tell queries from documents, for a
+model with a query tower and a document tower); a retriever answers top-k searches over a
 corpus it may be given first; a field says which record keys hold a value and of what
 kind. `gcl_train.models.Encoder` is an encoder, `ExactRetriever` and
 `qdrant_plugin.QdrantRetriever` are retrievers, `gcl_train.data.FieldSpec` and
@@ -17,6 +18,10 @@ import numpy as np
 #: "txt": values are str; "img": values are RGB PIL images.
 Kind = Literal["txt", "img"]
 
+#: Whose values an encoder call holds: the queries' ("left") or the documents' ("right").
+Role = Literal["query", "document"]
+ROLES = ("query", "document")
+
 
 @runtime_checkable
 class EncoderProtocol(Protocol):
@@ -28,6 +33,31 @@ class EncoderProtocol(Protocol):
     """
 
     def __call__(self, values: list, kind: Kind) -> np.ndarray: ...
+
+
+@runtime_checkable
+class RoleAwareEncoderProtocol(EncoderProtocol, Protocol):
+    """An encoder that also says which tower encodes a value: `encode_as(values, kind,
+    role) -> np.ndarray [N, D]`, with `role` "query" or "document".
+
+    Optional and backward compatible: `encode_fields` / `encode_records` /
+    `embed_corpus` are told the role of what they encode (the evaluator passes "query"
+    for the query specs and "document" for the document specs; the Qdrant ingest and the
+    demo pass "document"), and call `encoder.encode_as(values, kind, role)` when the
+    encoder has that method, else the plain `encoder(values, kind)`, so a plain callable
+    encodes queries and documents alike, as before. The same contract as `__call__`
+    holds (one row per value, one D for the whole evaluation, finite values);
+    `encode_as(values, kind, "query")` should equal `encoder(values, kind)`.
+    `gcl_train.models.Encoder` implements it: with a Hugging Face model trained with
+    `text_towers="separate"`, document titles go through the document tower.
+
+    Example:
+        >>> class TwoTowers:
+        ...     def __call__(self, values, kind): return self.encode_as(values, kind, "query")
+        ...     def encode_as(self, values, kind, role): ...  # the query or the document tower
+    """
+
+    def encode_as(self, values: list, kind: Kind, role: Role) -> np.ndarray: ...
 
 
 @runtime_checkable
@@ -75,6 +105,6 @@ class FieldLike(Protocol):
 
 
 __all__ = [
-    "EncoderProtocol", "FieldLike", "IndexingRetrieverProtocol", "Kind", "RetrieverLike", "RetrieverProtocol",
-    "SearchFn",
+    "EncoderProtocol", "FieldLike", "IndexingRetrieverProtocol", "Kind", "ROLES", "RetrieverLike",
+    "RetrieverProtocol", "Role", "RoleAwareEncoderProtocol", "SearchFn",
 ]

@@ -1,7 +1,10 @@
 """`Encoder`: inference over a `ModelBundle` (batches, no_grad, device, unit float32
-numpy rows); it implements the evaluator's encoder protocol `encoder(values, kind)`."""
+numpy rows); it implements the evaluator's encoder protocol `encoder(values, kind)` and
+its role-aware extension `encoder.encode_as(values, kind, role)`: document titles go
+through a model's document tower when it has one (`text_towers="separate"`)."""
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Iterable, List, Mapping, Optional, Sequence, Union
 
@@ -14,6 +17,9 @@ from .factory import ModelBundle
 from .fields import combine_document_fields, field_weight_vector
 
 KINDS = ("txt", "img")
+#: Whose values an encoder call holds: queries (the query tower) or documents (the
+#: document tower, when the model has one).
+ROLES = ("query", "document")
 
 
 def encode_images_tensor(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -25,6 +31,20 @@ def encode_text_tensor(model: torch.nn.Module, tokens) -> torch.Tensor:
     """L2-normalised text embeddings [N, D] from the tokenizer's output: token ids
     [N, context_length] (open_clip) or a dict of [N, L] tensors (Hugging Face)."""
     return F.normalize(model.encode_text(tokens), dim=-1)
+
+
+def document_text_encoder(model: torch.nn.Module):
+    """The model's document-title encoder: `model.encode_document_text` when it has one
+    (a Hugging Face text model; with `text_towers="separate"` its document tower), else
+    `model.encode_text` (open_clip: one text tower for queries and titles)."""
+    fn = getattr(model, "encode_document_text", None)
+    return fn if callable(fn) else model.encode_text
+
+
+def encode_document_text_tensor(model: torch.nn.Module, tokens) -> torch.Tensor:
+    """L2-normalised document title embeddings [N, D] (the document tower when the model
+    has one, see `document_text_encoder`); the tokens as `encode_text_tensor`."""
+    return F.normalize(document_text_encoder(model)(tokens), dim=-1)
 
 
 def _to_device(x, device: torch.device):
@@ -39,7 +59,11 @@ class Encoder:
     """Inference wrapper: batches, no_grad, device, unit float32 numpy rows.
 
     Implements the evaluator's encoder protocol `encoder(values, kind)`: kind "txt" takes
-    strings, kind "img" takes PIL images (or paths to image files).
+    strings (encoded as queries), kind "img" takes PIL images (or paths to image files).
+    The role-aware `encode_as(values, kind, role)` (`evaluation.protocols.
+    RoleAwareEncoderProtocol`) encodes document titles (role "document") through the
+    model's document tower when it has separate text towers; the evaluator, the Qdrant
+    ingest and the demo call it for documents.
 
     Args:
         bundle: a `ModelBundle` (from `create_model` or `load_checkpoint().bundle`).
@@ -86,13 +110,33 @@ class Encoder:
             return self.encode_images(values)
         raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
 
-    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
-        """Strings -> float32 [N, D] unit rows."""
+    def encode_as(self, values: Sequence[Any], kind: str, role: str) -> np.ndarray:
+        """Encode `values` of `kind` for `role` ("query" or "document") -> float32 [N, D],
+        unit rows: text of role "document" goes through the document tower (if the model
+        has one), everything else as `__call__`.
+
+        Example:
+            >>> enc.encode_as(["red dress"], "txt", "document").shape  # doctest: +SKIP
+            (1, 384)
+        """
+        if role not in ROLES:
+            raise ValueError(f"role: expected one of {ROLES}, got {role!r}")
+        if kind == "txt":
+            return self.encode_text(values, role=role)
+        return self(values, kind)
+
+    def encode_text(self, texts: Sequence[str], role: str = "query") -> np.ndarray:
+        """Strings -> float32 [N, D] unit rows; `role` "document" encodes them as document
+        titles (the document tower when the model has separate text towers)."""
+        if role not in ROLES:
+            raise ValueError(f"role: expected one of {ROLES}, got {role!r}")
         texts = _as_list(texts, "texts")
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise ValueError(f"texts: expected str values, got {type(t).__name__} at index {i}")
-        return self._run(texts, lambda chunk: self.bundle.tokenizer(chunk), self.bundle.model.encode_text)
+        model = self.bundle.model
+        forward = document_text_encoder(model) if role == "document" else model.encode_text
+        return self._run(texts, lambda chunk: self.bundle.tokenizer(chunk), forward)
 
     def encode_images(self, images: Sequence[Any]) -> np.ndarray:
         """PIL images (or image file paths) -> float32 [N, D] unit rows."""
@@ -105,7 +149,8 @@ class Encoder:
 
     def encode_documents(self, titles: Sequence[Optional[str]], images: Sequence[Any],
                          field_weights: Optional[Mapping[str, float]] = None) -> np.ndarray:
-        """Fused document vectors ("mean" mode): [N, D] unit rows.
+        """Fused document vectors ("mean" mode): [N, D] unit rows (titles through the
+        document tower when the model has one).
 
         A None title or image is a missing field: weight 0, the others renormalised. A row
         with no present field of positive weight raises ValueError. `field_weights`
@@ -121,7 +166,8 @@ class Encoder:
             images = [None] * n  # a zero-weight field is not encoded
         emb = np.zeros((2, n, self.dim), dtype=np.float32)
         present = np.zeros((n, 2), dtype=bool)
-        for f, (vals, enc) in enumerate(((titles, self.encode_text), (images, self.encode_images))):
+        encode_titles = functools.partial(self.encode_text, role="document")
+        for f, (vals, enc) in enumerate(((titles, encode_titles), (images, self.encode_images))):
             idx = [i for i, v in enumerate(vals) if v is not None]
             present[idx, f] = True
             if idx:

@@ -40,6 +40,11 @@ SMALL_CONFIG: Dict[str, Any] = {
 
 MODEL_CONFIGS: Dict[str, Dict[str, Any]] = {"tiny": TINY_CONFIG, "small": SMALL_CONFIG}
 
+#: How a Hugging Face text model encodes queries and document titles: one tower for both
+#: ("shared"), or a query tower and a document tower that start equal and are trained
+#: apart ("separate"; `create_model(..., text_towers=...)`).
+TEXT_TOWERS = ("shared", "separate")
+
 ModelSpec = Union[str, os.PathLike, Mapping[str, Any]]
 
 
@@ -105,6 +110,14 @@ class ModelBundle:
         """Document field weights when the user gives none: the reference evaluation's
         image 0.9 / title 0.1, or title 1 for a text-only model."""
         return dict(DEFAULT_DOC_FIELD_WEIGHTS) if self.has_image_tower else {"title": 1.0}
+
+
+def check_text_towers(text_towers: Any) -> str:
+    """`text_towers` if it is one of `TEXT_TOWERS`, else a ValueError naming the argument."""
+    if not isinstance(text_towers, str) or text_towers not in TEXT_TOWERS:
+        raise ValueError(f"text_towers: expected one of {TEXT_TOWERS} ('shared': queries and titles through one "
+                         f"text tower; 'separate': a query tower and a document tower), got {text_towers!r}")
+    return text_towers
 
 
 def available_models() -> List[str]:
@@ -287,6 +300,7 @@ def create_model(
     pretrained: Optional[Union[str, os.PathLike]] = None,
     device: Union[str, torch.device] = "cpu",
     seed: Optional[int] = None,
+    text_towers: Optional[str] = None,
 ) -> ModelBundle:
     """Build a two-tower model, its tokenizer and (with an image tower) its preprocessing.
 
@@ -303,15 +317,30 @@ def create_model(
             downloaded.
         device: where the model lives.
         seed: seeds torch before initialising weights (reproducible random init).
+        text_towers: Hugging Face text models only: "shared" (queries and document
+            titles through one text tower) or "separate" (a query tower and a document
+            tower, two independent copies of the folder's weights that diverge in
+            training; state-dict keys `text.*` and `doc_text.*`). None: "shared" for a
+            folder, what the checkpoint records for a checkpoint. An open_clip model
+            (which has its own image and text towers) accepts only "shared" or None.
 
     Returns:
         A `ModelBundle` (model in eval mode; call `.train()` to train).
+
+    Raises:
+        ValueError naming `text_towers` for a value outside `hf.TEXT_TOWERS`, "separate"
+        for an open_clip model, or "shared" for a checkpoint with separate towers.
 
     Example:
         >>> b = create_model("tiny")
         >>> b.model.encode_text(b.tokenizer(["red shoe"])).shape
         torch.Size([1, 32])
+        >>> two = create_model(minilm_dir, text_towers="separate")  # doctest: +SKIP
+        >>> two.config["text_towers"], two.model.doc_text is not None  # doctest: +SKIP
+        ('separate', True)
     """
+    if text_towers is not None:
+        check_text_towers(text_towers)
     if isinstance(model, (str, os.PathLike)):
         spec = os.fspath(model)
         if os.path.isdir(spec):
@@ -319,7 +348,8 @@ def create_model(
 
             if hf.is_hf_folder(spec):
                 return dataclasses.replace(hf.create_hf_text_model(spec, pretrained=pretrained, device=device,
-                                                                   seed=seed), pretrained=True)
+                                                                   seed=seed, text_towers=text_towers or "shared"),
+                                           pretrained=True)
             if pretrained is None and os.path.isfile(os.path.join(spec, "open_clip_config.json")):
                 pretrained = spec  # a hub-style folder brings its weights
         elif spec not in MODEL_CONFIGS and _is_checkpoint_file(spec):
@@ -328,7 +358,12 @@ def create_model(
                                  f"pass it alone (or as pretrained with its architecture as the model)")
             from .checkpoint import load_checkpoint
 
-            return dataclasses.replace(load_checkpoint(spec, device).bundle, pretrained=True)
+            bundle = load_checkpoint(spec, device).bundle
+            return dataclasses.replace(_with_text_towers(bundle, text_towers, spec), pretrained=True)
+    if text_towers == "separate":
+        raise ValueError(f"text_towers: 'separate' is for Hugging Face text models (a local Hugging Face / "
+                         f"sentence-transformers folder); the open_clip model {_spec_name(model)!r} has its own "
+                         f"text and image towers, so it takes only 'shared'")
     name, cfg = resolve_model_config(model)
     device = torch.device(device)
     if seed is not None:
@@ -345,3 +380,28 @@ def create_model(
     set_model_preprocess_cfg(net, {**pp, "mean": tuple(pp["mean"]), "std": tuple(pp["std"])})
     ctx = int(cfg["text_cfg"].get("context_length", 77))
     return ModelBundle(net, get_tokenizer(ctx), make_preprocess(pp), cfg, name, pp, pretrained=pretrained is not None)
+
+
+def _spec_name(model: ModelSpec) -> str:
+    return "custom" if isinstance(model, Mapping) else os.fspath(model) if isinstance(model, (str, os.PathLike)) \
+        else type(model).__name__
+
+
+def _with_text_towers(bundle: ModelBundle, text_towers: Optional[str], source: str) -> ModelBundle:
+    """A checkpoint's bundle with the `text_towers` asked for: None keeps what it has; a
+    shared Hugging Face model asked for "separate" gets a document tower (a copy of its
+    text tower); anything else that differs is refused."""
+    have = str(bundle.config.get("text_towers", "shared"))
+    if text_towers is None or text_towers == have:
+        return bundle
+    if bundle.kind != "hf_text":
+        raise ValueError(f"text_towers: 'separate' is for Hugging Face text models; the checkpoint {source!r} "
+                         f"holds an open_clip model (its own text and image towers), which takes only 'shared'")
+    if text_towers == "shared":
+        raise ValueError(f"text_towers: the checkpoint {source!r} has separate query and document towers; "
+                         f"pass text_towers='separate' (gcl-train --text-towers separate) to load it")
+    from .hf import split_text_towers
+
+    split_text_towers(bundle.model)
+    bundle.model.to(bundle.device)
+    return dataclasses.replace(bundle, config={**bundle.config, "text_towers": "separate"})

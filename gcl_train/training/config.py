@@ -16,7 +16,7 @@ import torch
 from gcl_kernels import DIRECTIONS, IMPLS, NORMALIZATIONS, WEIGHT_KINDS, score_to_weight
 
 from ..data import resolve_split
-from ..models import FIELD_MODES, field_weight_vector
+from ..models import FIELD_MODES, TEXT_TOWERS, field_weight_vector
 
 PRECISIONS = ("auto", "fp32", "bf16")
 # AdamW defaults (lr, weight decay): from scratch, and fine-tuning pretrained weights
@@ -45,7 +45,11 @@ class TrainConfig:
     from scratch, 2e-5 and 0.01 when it starts from pretrained weights; resolved by
     `train`), `warmup_steps` then cosine to
     `lr * min_lr_ratio`, `grad_clip`, `precision` ("auto": bf16 autocast on CUDA, fp32 on
-    CPU), learnable logit scale clamped at `max_logit_scale`, `lock_image` / `lock_text`.
+    CPU), learnable logit scale clamped at `max_logit_scale`, `lock_image` / `lock_text`
+    (with separate text towers `lock_text` freezes both).
+    Model: `text_towers` ("shared": queries and titles through one text tower;
+    "separate": a Hugging Face text model gets a query tower and a document tower, both
+    from the model's weights; open_clip models take only "shared").
     Input: `prefetch` batches built ahead in a background thread (0: inline).
     Run: `epochs` or `max_steps`, `save_every` steps, `keep_checkpoints`, `eval_every`
     steps (0: only at the end when `eval_splits` is set), `resume`.
@@ -60,6 +64,7 @@ class TrainConfig:
     out: str
     model: Any = "tiny"
     pretrained: Optional[str] = None
+    text_towers: str = "shared"
     split: str = "query_0_product_id_0"
     image_root: Optional[str] = None
     score_column: str = "score_linear"
@@ -129,6 +134,8 @@ class TrainConfig:
             self.eval_splits = tuple(resolve_split(s) for s in self.eval_splits)
         except ValueError as e:
             raise ValueError(f"eval_splits: {e}") from None
+        if self.text_towers not in TEXT_TOWERS:
+            raise ValueError(f"text_towers: expected one of {TEXT_TOWERS}, got {self.text_towers!r}")
         if self.score_column not in SCORE_COLUMNS:
             raise ValueError(f"score_column: expected one of {SCORE_COLUMNS}, got {self.score_column!r}")
         pos_int("epochs", self.epochs)

@@ -9,7 +9,13 @@ import torch
 from gcl_kernels import GCLLoss
 
 from ..data import DOC_FIELD_NAMES
-from ..models import combine_document_fields, encode_images_tensor, encode_text_tensor, field_weight_vector
+from ..models import (
+    combine_document_fields,
+    encode_document_text_tensor,
+    encode_images_tensor,
+    encode_text_tensor,
+    field_weight_vector,
+)
 from .data import Batch
 
 
@@ -53,13 +59,17 @@ def encode_parts(model: torch.nn.Module, batch: Batch,
     """The unit embeddings of a batch, one tower call at a time, in a fixed order: the
     queries (index None), then each document field with a positive weight (its index in
     DOC_FIELD_NAMES). A generator: each part is encoded when it is asked for, so a caller
-    can back-propagate one part before the next is encoded (the gradient cache does)."""
+    can back-propagate one part before the next is encoded (the gradient cache does).
+
+    Queries go through the query tower (`encode_text`), titles through the document tower
+    (`encode_document_text` when the model has one, i.e. a Hugging Face model with
+    `text_towers="separate"`; else the same `encode_text`)."""
     fw = field_weight_vector(field_weights)
     yield None, encode_text_tensor(model, batch.query_tokens)
     for f, name in enumerate(DOC_FIELD_NAMES):
         if fw[f] > 0:
             tokens_or_pixels = batch.title_tokens if name == "title" else batch.images
-            encode = encode_text_tensor if name == "title" else encode_images_tensor
+            encode = encode_document_text_tensor if name == "title" else encode_images_tensor
             yield f, encode(model, tokens_or_pixels)
 
 

@@ -186,11 +186,13 @@ def _resume_candidates(cfg: TrainConfig) -> List[str]:
     if candidates and os.path.isfile(cfg_path):
         with open(cfg_path, encoding="utf-8") as f:
             old = json.load(f)
-        if model_signature(old) != model_signature(json.loads(json.dumps(cfg.to_json()))):
+        was, now = model_signature(old), model_signature(json.loads(json.dumps(cfg.to_json())))
+        if was != now:
+            diff = ", ".join(f"{k} {was[k]!r} there, {now[k]!r} now" for k in was if was[k] != now[k])
             raise ConfigConflict(
-                f"resume: {cfg.out!r} was trained with a different setup "
-                f"({model_signature(old)}); resume needs the same model, data, batch size, seed "
-                f"and shuffle; pass another out directory or resume='never'")
+                f"resume: {cfg.out!r} was trained with a different setup ({diff}; {was}); resume needs the "
+                f"same model, text towers, data, batch size, seed and shuffle; pass another out directory or "
+                f"resume='never'")
     return candidates
 
 
@@ -300,7 +302,7 @@ def _train_locked(cfg: TrainConfig, env: DistEnv, device: torch.device,
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    bundle = _setup(env, create_model, cfg.model, cfg.pretrained, device, cfg.seed)
+    bundle = _setup(env, create_model, cfg.model, cfg.pretrained, device, cfg.seed, cfg.text_towers)
     if cfg.field_weights is None:
         cfg.field_weights = bundle.default_field_weights
     lr, wd = FINE_TUNE_OPTIM if bundle.pretrained else SCRATCH_OPTIM

@@ -170,10 +170,18 @@ def list_checkpoints(out: str) -> List[Tuple[int, str]]:
     return sorted(found)
 
 
+# Options added after runs were already written: a config.json without one had this value.
+ADDED_OPTIONS: Dict[str, Any] = {"text_towers": "shared"}
+
+
+def _option(cfg_json: Mapping[str, Any], key: str) -> Any:
+    return cfg_json.get(key, ADDED_OPTIONS.get(key))
+
+
 def model_signature(cfg_json: Mapping[str, Any]) -> Dict[str, Any]:
     """The options a resumed run must share with the run it continues."""
-    return {k: cfg_json.get(k) for k in ("model", "pretrained", "data", "split", "batch_size",
-                                         "seed", "shuffle_buffer", "field_mode", "score_column")}
+    return {k: _option(cfg_json, k) for k in ("model", "pretrained", "text_towers", "data", "split", "batch_size",
+                                              "seed", "shuffle_buffer", "field_mode", "score_column")}
 
 
 # Options that change how a run is watched, not what it trains: a finished run directory
@@ -187,7 +195,7 @@ RUN_ONLY_OPTIONS = frozenset({
 def training_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> List[str]:
     """The training options on which two configs (`TrainConfig.to_json()`) differ."""
     keys = (set(saved) | set(current)) - RUN_ONLY_OPTIONS
-    return sorted(k for k in keys if saved.get(k) != current.get(k))
+    return sorted(k for k in keys if _option(saved, k) != _option(current, k))
 
 
 class RunLock:

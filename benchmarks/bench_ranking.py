@@ -179,7 +179,7 @@ def train_arm(arm: str, args, data: str, hp: Mapping[str, Any], field_weights) -
         weight_fn="constant" if arm == "ce" else args.weight_fn,
         weight_params={} if arm == "ce" else dict(args.weight_params), field_weights=dict(field_weights),
         direction=args.direction, init_logit_scale=hp["init_scale"], max_logit_scale=args.max_scale,
-        seed=args.seed, prefetch=1, progress=False, save_every=args.save_every, keep_checkpoints=1,
+        text_towers=args.text_towers, seed=args.seed, prefetch=1, progress=False, save_every=args.save_every, keep_checkpoints=1,
         log_every=20)
     t0 = time.time()
     res = train(cfg)
@@ -212,7 +212,8 @@ def run(args) -> Dict[str, Any]:
     meta: Dict[str, Any] = {"preset": args.preset, "model": args.model, "pretrained": args.pretrained, "data": data,
                             "seed": args.seed, "hparams": hp, "weight_fn": args.weight_fn,
                             "weight_params": dict(args.weight_params), "direction": args.direction,
-                            "max_scale": args.max_scale, "field_weights": field_weights,
+                            "max_scale": args.max_scale, "text_towers": args.text_towers,
+                            "field_weights": field_weights,
                             "eval_config": cfg.to_dict(), "arms": {}, "threads": args.threads,
                             "command": command_line(), "machine": machine(), "versions": versions(),
                             "revision": git_revision(dirty=True), "loadavg_start": load0}
@@ -396,6 +397,8 @@ def _key_values(text: str) -> Dict[str, float]:
 
 def build_parser() -> argparse.ArgumentParser:
     from gcl_kernels import DIRECTIONS, WEIGHT_KINDS
+    from gcl_train.models import TEXT_TOWERS
+    from gcl_train.training import TrainConfig
 
     p = argparse.ArgumentParser(prog="bench_ranking.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -430,6 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weight-fn", default="linear", choices=WEIGHT_KINDS, help="the gcl arm's score_to_weight")
     g.add_argument("--weight-params", type=_key_values, default={}, help="e.g. gamma=2")
     g.add_argument("--direction", default="both", choices=DIRECTIONS)
+    g.add_argument("--text-towers", default=TrainConfig.text_towers, choices=TEXT_TOWERS,
+                   help="Hugging Face text models: one tower for queries and titles, or one each "
+                        "(default: %(default)s)")
     g.add_argument("--save-every", type=int, default=100, help="checkpoint period (a killed run resumes)")
     p.add_argument("--summarize", nargs="+", default=None, metavar="JSON",
                    help="print mean / worst seed of these result files and exit")

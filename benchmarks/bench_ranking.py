@@ -40,7 +40,7 @@ import logging
 import os
 import sys
 import time
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
@@ -328,13 +328,52 @@ def write_outputs(out: Mapping[str, Any], args) -> None:
 
 # ---------------------------------------------------------------------------------------- summary
 
-def summarize(paths: Sequence[str], metrics: Sequence[str] = ("ndcg@10", "err", "rbp@0.9")) -> Dict[str, Any]:
-    """Mean and worst seed per (arm, split, metric) over result files, and the issue's
-    target checks (GCL against zero-shot and CE)."""
-    runs = []
+#: What every result file given to `summarize` must share (else it would average
+#: different experiments); the text towers of files written before that option: shared.
+SAME_ACROSS_FILES = ("preset", "model", "pretrained", "hparams", "weight_fn", "weight_params", "direction",
+                     "max_scale", "text_towers", "eval_config")
+
+
+def merge_by_seed(paths: Sequence[str]) -> List[Dict[str, Any]]:
+    """Result files -> one result per training seed (arms of one seed merged), in order."""
+    by_seed: Dict[Any, Dict[str, Any]] = {}
+    first: Optional[tuple] = None
     for p in paths:
         with open(p, encoding="utf-8") as f:
-            runs.append(json.load(f))
+            r = json.load(f)
+        meta = r.get("meta", {})
+        same = tuple(json.dumps(meta.get(k, "shared" if k == "text_towers" else None), sort_keys=True)
+                     for k in SAME_ACROSS_FILES)
+        if first is None:
+            first = (p, same)
+        elif same != first[1]:
+            k = next(k for k, a, b in zip(SAME_ACROSS_FILES, same, first[1]) if a != b)
+            raise ValueError(f"summarize: {p!r} and {first[0]!r} differ in {k!r}; summarize runs of one "
+                             f"experiment (same preset, model, hyperparameters, weights and evaluation)")
+        seed = meta.get("seed")
+        if seed not in by_seed:
+            by_seed[seed] = {k: v for k, v in r.items()}
+            by_seed[seed]["meta"] = dict(meta, files=[p])
+            continue
+        have = by_seed[seed]
+        for arm in ARMS:
+            if arm in r:
+                if arm in have and arm != "zero_shot":
+                    raise ValueError(f"summarize: seed {seed}: arm {arm!r} is in {p!r} and in "
+                                     f"{have['meta']['files'][0]!r}; give each seed's arm once")
+                have[arm] = r[arm]
+        have["meta"]["files"].append(p)
+    return list(by_seed.values())
+
+
+def summarize(paths: Sequence[str], metrics: Sequence[str] = ("ndcg@10", "err", "rbp@0.9")) -> Dict[str, Any]:
+    """Mean and worst seed per (arm, split, metric) over result files, and the issue's
+    target checks (GCL against zero-shot and CE).
+
+    Files of the same training seed are merged (arms run as separate invocations, e.g.
+    `--arms ce` and `--arms gcl` in parallel); an arm twice for one seed is an error, and
+    so are files whose runs differ in what they trained (`SAME_ACROSS_FILES`)."""
+    runs = merge_by_seed(paths)
     arms = [a for a in ARMS if all(a in r for r in runs)]
     stats: Dict[str, Any] = {}
     for a in arms:
@@ -447,7 +486,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("gcl_train").setLevel(logging.WARNING)
     if args.summarize:
-        s = summarize(args.summarize)
+        try:
+            s = summarize(args.summarize)
+        except (OSError, ValueError, KeyError) as e:
+            print(f"bench_ranking.py: error: --summarize: {e}", file=sys.stderr)
+            return 2
         print(format_summary(s))
         return 0
     args.model = args.model or default_model()

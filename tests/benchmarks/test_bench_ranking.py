@@ -72,9 +72,31 @@ def test_smoke_run_from_scratch_and_from_pretrained_weights(bench, tmp_path):
     for split in res["ce"]:
         assert res2["zero_shot"][split]["ndcg@10"] == pytest.approx(res["ce"][split]["ndcg@10"], abs=1e-6)
 
-    summary = bench.summarize([str(out), str(out)])
+    # --summarize: arms of one seed in separate files are merged; seeds are averaged
+    def write(name, **changes):
+        r = json.loads(json.dumps(res))
+        for k, v in changes.items():
+            if k == "seed":
+                r["meta"]["seed"] = v
+            elif v is None:
+                del r[k]
+        (tmp_path / name).write_text(json.dumps(r))
+        return str(tmp_path / name)
+
+    ce_only, gcl_only = write("ce0.json", gcl=None), write("gcl0.json", ce=None)
+    summary = bench.summarize([ce_only, gcl_only])
+    assert summary["stats"]["gcl"]["in_domain"]["ndcg@10"]["n"] == 1
+    assert summary["stats"]["ce"]["in_domain"]["ndcg@10"]["n"] == 1
+    assert summary["checks"]["per_seed"][0]["gcl_beats_ce_cold_start"]  # CE and GCL of seed 0 were paired
+    summary = bench.summarize([str(out), write("s1.json", seed=1)])
     assert summary["stats"]["gcl"]["in_domain"]["ndcg@10"]["n"] == 2
     assert "mean (worst) over 2 training seeds" in bench.format_summary(summary)
+    with pytest.raises(ValueError, match="arm 'ce' is in"):
+        bench.summarize([str(out), ce_only])  # one seed's CE twice
+    other = json.loads(out.read_text())
+    other["meta"]["hparams"]["steps"] += 1
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    assert bench.main(["--summarize", str(out), str(tmp_path / "other.json")]) == 2  # another experiment
 
 
 def test_bad_arm_is_a_usage_error(bench, capsys):

@@ -52,6 +52,21 @@ def loadavg() -> str:
         return "?"
 
 
+def proc_status_kb(field: str) -> int:
+    """A field of /proc/self/status in kB (Linux): "VmRSS" resident now, "VmHWM" its peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def reset_peak_rss() -> None:
+    """Start a new peak-RSS window: VmHWM is reset to the current VmRSS (Linux)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
 def package_versions(packages: Mapping[str, str]) -> Dict[str, str]:
     """Versions by CSV column: {column: name} -> {column: version, or "-" if not installed}.
 

@@ -85,7 +85,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
-from _common import append_csv, check_csv_header, command_line, git_revision, loadavg, machine, package_versions
+from _common import (append_csv, check_csv_header, command_line, git_revision, loadavg, machine, package_versions,
+                     proc_status_kb, reset_peak_rss)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -274,14 +275,6 @@ DEFAULT_IMPLS = {"cpu": ["naive", "compiled", "reference", "chunked", "floor"],
                  "cuda": ["triton", "naive", "inf_cl", "chunked", "triton_v1", "compiled", "floor"]}
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 class _Probe:
     """Memory and clock readings around the two halves of one step."""
 
@@ -297,15 +290,14 @@ class _Probe:
             self.torch.cuda.synchronize()
             self.torch.cuda.reset_peak_memory_stats()
             return self.torch.cuda.memory_allocated()
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current VmRSS
-        return _status_kb("VmRSS") * 1024
+        reset_peak_rss()
+        return proc_status_kb("VmRSS") * 1024
 
     def peak(self) -> int:
         if self.cuda:
             self.torch.cuda.synchronize()
             return self.torch.cuda.max_memory_allocated()
-        return _status_kb("VmHWM") * 1024
+        return proc_status_kb("VmHWM") * 1024
 
     def mark(self):
         if self.cuda:

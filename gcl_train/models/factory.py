@@ -120,6 +120,18 @@ def check_text_towers(text_towers: Any) -> str:
     return text_towers
 
 
+def saved_text_towers(config: Any) -> str:
+    """The `text_towers` a model config (a checkpoint's) records: "shared" when it has none
+    (configs written before the option, and open_clip models)."""
+    return str(config.get("text_towers", "shared")) if isinstance(config, Mapping) else "shared"
+
+
+def separate_towers_refused(source: str) -> ValueError:
+    """The error for loading a checkpoint with separate text towers as a shared model."""
+    return ValueError(f"text_towers: {source!r} has separate query and document towers; pass "
+                      f"text_towers='separate' (gcl-train --text-towers separate) to load it")
+
+
 def available_models() -> List[str]:
     """Names `create_model` accepts: our configs, then open_clip's built-in architectures."""
     import open_clip
@@ -391,15 +403,14 @@ def _with_text_towers(bundle: ModelBundle, text_towers: Optional[str], source: s
     """A checkpoint's bundle with the `text_towers` asked for: None keeps what it has; a
     shared Hugging Face model asked for "separate" gets a document tower (a copy of its
     text tower); anything else that differs is refused."""
-    have = str(bundle.config.get("text_towers", "shared"))
+    have = saved_text_towers(bundle.config)
     if text_towers is None or text_towers == have:
         return bundle
     if bundle.kind != "hf_text":
         raise ValueError(f"text_towers: 'separate' is for Hugging Face text models; the checkpoint {source!r} "
                          f"holds an open_clip model (its own text and image towers), which takes only 'shared'")
     if text_towers == "shared":
-        raise ValueError(f"text_towers: the checkpoint {source!r} has separate query and document towers; "
-                         f"pass text_towers='separate' (gcl-train --text-towers separate) to load it")
+        raise separate_towers_refused(source)
     from .hf import split_text_towers
 
     split_text_towers(bundle.model)

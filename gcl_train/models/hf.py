@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .factory import TEXT_TOWERS, check_text_towers
+from .factory import TEXT_TOWERS, check_text_towers, saved_text_towers, separate_towers_refused
 
 # Nothing here may reach the network; an explicit HF_HUB_OFFLINE=0 from the user is kept.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -515,21 +515,15 @@ def create_hf_text_model(path: Union[str, os.PathLike], pretrained: Optional[Uni
         from .checkpoint import read_checkpoint
 
         ck = read_checkpoint(pretrained)
-        saved = _saved_text_towers(ck.get("model_config"))
+        saved = saved_text_towers(ck.get("model_config"))
         if saved == "separate" and text_towers == "shared":
-            raise ValueError(f"text_towers: {os.fspath(pretrained)!r} has separate query and document towers; "
-                             f"pass text_towers='separate' (gcl-train --text-towers separate) to load it")
+            raise separate_towers_refused(os.fspath(pretrained))
         if saved == "separate":
             split_text_towers(net)
         _load_strict(net, ck["state_dict"], os.fspath(pretrained))
     if text_towers == "separate":
         split_text_towers(net)  # a shared start (the folder, or a shared checkpoint): two equal copies
     return _bundle(net, tokenizer, cfg, folder_name(path), device)
-
-
-def _saved_text_towers(cfg: Any) -> str:
-    """The text_towers a checkpoint's model config records ("shared" when it has none)."""
-    return str(cfg.get("text_towers", "shared")) if isinstance(cfg, Mapping) else "shared"
 
 
 def folder_name(path: Union[str, os.PathLike]) -> str:
@@ -596,7 +590,7 @@ def build_hf_text_model(cfg: Mapping[str, Any], tokenizer_files: Mapping[str, Un
     dense = [Dense(d["in_features"], d["out_features"], d["bias"], d["activation"]) for d in cfg.get("dense", [])]
     net = HFTextModel(HFTextTower(transformer, cfg["pooling"], dense, cfg.get("normalize", True)),
                       cfg.get("init_logit_scale", DEFAULT_LOGIT_SCALE))
-    if check_text_towers(_saved_text_towers(cfg)) == "separate":
+    if check_text_towers(saved_text_towers(cfg)) == "separate":
         split_text_towers(net)
     if state_dict is not None:
         _load_strict(net, state_dict, "checkpoint")

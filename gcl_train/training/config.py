@@ -16,7 +16,8 @@ import torch
 from gcl_kernels import DIRECTIONS, IMPLS, NORMALIZATIONS, WEIGHT_KINDS, score_to_weight
 
 from ..data import resolve_split
-from ..models import FIELD_MODES, TEXT_TOWERS, field_weight_vector
+from ..models import FIELD_MODES, field_weight_vector
+from ..models.factory import check_text_towers
 
 PRECISIONS = ("auto", "fp32", "bf16")
 # AdamW defaults (lr, weight decay): from scratch, and fine-tuning pretrained weights
@@ -134,8 +135,7 @@ class TrainConfig:
             self.eval_splits = tuple(resolve_split(s) for s in self.eval_splits)
         except ValueError as e:
             raise ValueError(f"eval_splits: {e}") from None
-        if self.text_towers not in TEXT_TOWERS:
-            raise ValueError(f"text_towers: expected one of {TEXT_TOWERS}, got {self.text_towers!r}")
+        check_text_towers(self.text_towers)
         if self.score_column not in SCORE_COLUMNS:
             raise ValueError(f"score_column: expected one of {SCORE_COLUMNS}, got {self.score_column!r}")
         pos_int("epochs", self.epochs)

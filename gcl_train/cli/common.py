@@ -115,6 +115,20 @@ def int_at_least(low: int, also: Optional[int] = None, what: str = "") -> Callab
 positive_int = int_at_least(1, what="a positive int")
 
 
+def documents_for_model(config, encoder, hint: str = ""):
+    """The evaluation config for `encoder`'s model: a text-only model (a Hugging Face
+    folder) is evaluated on titles alone, the documents it was trained on (said at INFO,
+    with `hint`); any other encoder keeps `config`."""
+    bundle = getattr(encoder, "bundle", None)
+    if bundle is None or bundle.has_image_tower:
+        return config
+    from ..data import doc_field_specs
+
+    logging.getLogger("gcl_train.cli").info("%s is text-only: documents are their titles%s", bundle.name,
+                                            f" ({hint})" if hint else "")
+    return dataclasses.replace(config, right=doc_field_specs(bundle.default_field_weights)).validate()
+
+
 def add_progress_flags(parser: argparse.ArgumentParser) -> None:
     """`--quiet` and its synonym `--no-progress`: no progress bars, warnings only."""
     parser.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true",
@@ -190,6 +204,6 @@ class ConfigArguments:
 
 __all__ = [
     "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_TOLERANCE", "ConfigArguments", "add_progress_flags",
-    "fail", "field_default", "finite_float", "format_default", "int_at_least", "key_values", "key_values_type",
-    "positive_int", "setup_logging",
+    "documents_for_model", "fail", "field_default", "finite_float", "format_default", "int_at_least",
+    "key_values", "key_values_type", "positive_int", "setup_logging",
 ]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import dataclasses
 import logging
 import os
 import sys
@@ -23,11 +22,12 @@ import uuid
 from typing import Optional, Sequence, Tuple
 
 from ..data.errors import DataFormatError
-from ..data.fields import DEFAULT_LEFT, DEFAULT_RIGHT, FieldSpecs, _as_list, doc_field_specs, parse_field_specs
+from ..data.fields import DEFAULT_LEFT, DEFAULT_RIGHT, FieldSpecs, _as_list, parse_field_specs
 from ..data import SPLIT_ALIASES, SPLITS, MarqoGSDataset, resolve_split
 from ..evaluation import CSV_QUERIES, GT_SOURCES, EvalConfig, RandomEncoder, evaluate, file_digest
 from ..metrics import REFERENCE_KS
-from .common import EXIT_OK, ConfigArguments, add_progress_flags, fail, int_at_least, positive_int, setup_logging
+from .common import (EXIT_OK, ConfigArguments, add_progress_flags, documents_for_model, fail, int_at_least,
+                     positive_int, setup_logging)
 
 PROG = "gcl-eval"
 DTYPES = ("float32", "float16")
@@ -224,14 +224,10 @@ def _encoder(a: argparse.Namespace):
 
 
 def _for_model(config: EvalConfig, encoder, a: argparse.Namespace) -> EvalConfig:
-    """Without document-field options, a text-only model (a Hugging Face folder) is
-    evaluated on titles alone: its documents are what it was trained on."""
-    bundle = getattr(encoder, "bundle", None)
+    """Without document-field options (--right-keys etc. choose them), a text-only model is
+    evaluated on titles alone (`documents_for_model`)."""
     given = any(v is not None for v in (a.right_keys, a.right_weights, a.img_or_txt))
-    if bundle is None or given or bundle.has_image_tower:
-        return config
-    log.info("%s is text-only: documents are their titles (pass --right-keys to choose)", bundle.name)
-    return dataclasses.replace(config, right=doc_field_specs(bundle.default_field_weights)).validate()
+    return config if given else documents_for_model(config, encoder, hint="pass --right-keys to choose")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -25,7 +25,6 @@ outside tolerance.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import faulthandler
 import json
 import logging
@@ -49,12 +48,13 @@ from qdrant_plugin.ingest import ArraySource, BatchSource, file_fingerprint, ing
 from qdrant_plugin.ingest import Batch as IngestBatch
 from qdrant_plugin.retriever import QdrantRetriever
 
-from ..data import DOC_FIELD_NAMES, MarqoGSDataset, doc_field, doc_field_specs
+from ..data import DOC_FIELD_NAMES, MarqoGSDataset, doc_field
 from .common import (
     EXIT_ERROR,
     EXIT_OK,
     EXIT_TOLERANCE,
     add_progress_flags,
+    documents_for_model,
     fail,
     finite_float,
     key_values,
@@ -323,8 +323,7 @@ def cmd_eval(a) -> int:
                      ks=tuple(k for k in (1, 5, 10, 100, 1000) if k <= a.top_k) or (a.top_k,))
     splits = "all" if a.splits == "all" else [s.strip() for s in a.splits.split(",") if s.strip()]
     encoder = _encoder(a) if a.checkpoint else None
-    if encoder is not None and not encoder.bundle.has_image_tower:  # a text-only model: documents are titles
-        cfg = dataclasses.replace(cfg, right=doc_field_specs(encoder.bundle.default_field_weights)).validate()
+    cfg = documents_for_model(cfg, encoder)
     encoder_id = f"checkpoint sha256:{file_digest(a.checkpoint)}" if a.checkpoint else None
     exact_dir = os.path.join(a.out, "exact")
     exact = evaluate(ds, splits, encoder=encoder, embeddings=a.embeddings, config=cfg, out_dir=exact_dir,

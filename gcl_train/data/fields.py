@@ -22,6 +22,9 @@ from typing import Any, Iterable, Sequence, Tuple
 import numpy as np
 
 KINDS = ("txt", "img")
+#: Whose values an encoder call holds: the queries' (the query tower) or the documents'
+#: (the document tower, for a model with separate text towers).
+ROLES = ("query", "document")
 _MISSING_STRINGS = frozenset({"", "nan", "none", "null", "na", "n/a"})
 
 

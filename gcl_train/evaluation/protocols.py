@@ -14,13 +14,15 @@ from typing import Callable, List, Literal, Protocol, Sequence, Tuple, Union, ru
 
 import numpy as np
 
+from ..data.fields import ROLES
+
 
 #: "txt": values are str; "img": values are RGB PIL images.
 Kind = Literal["txt", "img"]
 
-#: Whose values an encoder call holds: the queries' ("left") or the documents' ("right").
+#: Whose values an encoder call holds: the queries' ("left") or the documents' ("right");
+#: the values are `gcl_train.data.fields.ROLES`.
 Role = Literal["query", "document"]
-ROLES = ("query", "document")
 
 
 @runtime_checkable

@@ -12,14 +12,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.fields import KINDS, ROLES
 from .checkpoint import load_checkpoint
 from .factory import ModelBundle
 from .fields import combine_document_fields, field_weight_vector
 
-KINDS = ("txt", "img")
-#: Whose values an encoder call holds: queries (the query tower) or documents (the
-#: document tower, when the model has one).
-ROLES = ("query", "document")
 
 
 def encode_images_tensor(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 
 from ..fileio import atomic_write_json
+from .config import TrainConfig
 
 STATE_VERSION = 1
 _STEP_RE = re.compile(r"step_(\d+)\.pt$")
@@ -170,8 +171,8 @@ def list_checkpoints(out: str) -> List[Tuple[int, str]]:
     return sorted(found)
 
 
-# Options added after runs were already written: a config.json without one had this value.
-ADDED_OPTIONS: Dict[str, Any] = {"text_towers": "shared"}
+# Options added after runs were already written: a config.json without one had the default.
+ADDED_OPTIONS: Dict[str, Any] = {"text_towers": TrainConfig.text_towers}
 
 
 def _option(cfg_json: Mapping[str, Any], key: str) -> Any:
